@@ -1,0 +1,142 @@
+"""tokenize: train a byte-level BPE on the clean corpus, pack the corpus into blocks, encode the task.
+
+Reads  data/2_clean/corpus, data/1_ingest/task
+Writes data/3_tokenize/tokenizer   a transformers tokenizer (save_pretrained) + vocab_sample.txt
+       data/3_tokenize/blocks      DatasetDict train/validation: input_ids of block_size tokens, no padding;
+                                   documents are split train/validation before packing
+       data/3_tokenize/task        DatasetDict of the task: input_ids (truncated to max_length), label
+       metrics/tokenize.json
+
+    python -m stages.tokenize
+
+Run as a module: as a script, this file would shadow the standard library's `tokenize`.
+"""
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from stages.common import atomic_dir, fail, load_params, meta, write_json
+
+CORPUS = Path("data/2_clean/corpus")
+TASK = Path("data/1_ingest/task")
+OUT = Path("data/3_tokenize")
+METRICS = Path("metrics/tokenize.json")
+
+EOS, PAD, MASK = "<|endoftext|>", "<pad>", "<mask>"
+
+
+@dataclass(frozen=True)
+class TokenizeParams:
+    vocab_size: int  # larger = shorter sequences, bigger embedding tables (slower on a CPU)
+    min_frequency: int  # a pair must occur this often to be merged
+    block_size: int  # tokens per pre-training block; also the model's context length
+    max_length: int  # task verses are truncated to this many tokens
+    val_fraction: float  # share of corpus documents held out as validation blocks
+    seed: int
+    num_proc: int  # processes for datasets.map
+
+    def validate(self):
+        if self.vocab_size < 256 + 3:
+            yield f"vocab_size: must exceed the 256 byte tokens and 3 special tokens, got {self.vocab_size}"
+        if self.block_size < 8 or self.max_length < 8:
+            yield "block_size/max_length: must be >= 8"
+        if not 0 < self.val_fraction < 1:
+            yield f"val_fraction: must be in (0, 1), got {self.val_fraction}"
+
+
+def train_tokenizer(texts, vocab_size: int, min_frequency: int):
+    """A byte-level BPE (GPT-2 style: every string round-trips) as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOS, PAD, MASK],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=None, pad_token=PAD, mask_token=MASK,
+        model_max_length=1_000_000,
+    )  # fmt: skip
+
+
+def pack(sequences: list[list[int]], block_size: int, eos_id: int) -> list[list[int]]:
+    """Concatenate sequences with an EOS after each, cut into full blocks; the last partial block is dropped.
+
+    pack([[1, 2], [3]], 2, eos_id=0) -> [[1, 2], [0, 3]]  (the trailing [0] is dropped)
+    """
+    stream = [t for seq in sequences for t in (*seq, eos_id)]
+    n = len(stream) // block_size
+    return [stream[i * block_size : (i + 1) * block_size] for i in range(n)]
+
+
+def split_documents(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of train and validation documents (at least one of each)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_val = min(n - 1, max(1, round(val_fraction * n)))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def run(p: TokenizeParams, corpus: Path = CORPUS, task: Path = TASK, out: Path = OUT, metrics_path: Path = METRICS) -> dict:
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    docs = load_from_disk(str(corpus))
+    if len(docs) < 2:
+        fail(f"{corpus}: {len(docs)} document(s); tokenize needs at least 2 (one for validation)")
+    tokenizer = train_tokenizer(docs["text"], p.vocab_size, p.min_frequency)
+
+    def encode(batch):
+        return {"input_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]}
+
+    num_proc = p.num_proc if p.num_proc > 1 else None
+    ids = docs.map(encode, batched=True, num_proc=num_proc, remove_columns=docs.column_names)["input_ids"]
+    train_idx, val_idx = split_documents(len(ids), p.val_fraction, p.seed)
+    blocks = {
+        name: pack([ids[i] for i in idx], p.block_size, tokenizer.eos_token_id)
+        for name, idx in (("train", train_idx), ("validation", val_idx))
+    }
+    if not blocks["validation"] or not blocks["train"]:
+        fail(f"{corpus}: too little text for one {p.block_size}-token block per split; lower tokenize.block_size")
+
+    task_ds = load_from_disk(str(task))
+
+    def encode_task(batch):
+        enc = tokenizer(batch["text"], add_special_tokens=False, truncation=True, max_length=p.max_length)
+        return {"input_ids": enc["input_ids"]}
+
+    task_ids = task_ds.map(encode_task, batched=True, num_proc=num_proc)
+    metrics = {
+        "vocab_size": len(tokenizer),
+        "corpus_tokens": sum(len(x) for x in ids),
+        "blocks": {k: len(v) for k, v in blocks.items()},
+        "block_size": p.block_size,
+        "chars_per_token": round(sum(len(t) for t in docs["text"]) / max(1, sum(len(x) for x in ids)), 3),
+        "task_truncated": {k: sum(len(x) >= p.max_length for x in v["input_ids"]) for k, v in task_ids.items()},
+    }
+    with atomic_dir(out) as tmp:
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+        sample = [f"{i}\t{tokenizer.convert_tokens_to_string([t])!r}" for t, i in vocab[:: max(1, len(vocab) // 200)]]
+        (tmp / "tokenizer" / "vocab_sample.txt").write_text("\n".join(sample) + "\n")
+        DatasetDict({k: Dataset.from_dict({"input_ids": v}) for k, v in blocks.items()}).save_to_disk(tmp / "blocks")
+        task_ids.save_to_disk(tmp / "task")
+        write_json(meta(p, **metrics), tmp / "meta.json")
+    write_json(metrics, metrics_path)
+    return metrics
+
+
+def main() -> None:
+    print(json.dumps(run(load_params("tokenize", TokenizeParams)), indent=2))
+
+
+if __name__ == "__main__":
+    main()

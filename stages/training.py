@@ -1,0 +1,134 @@
+"""Leaf helpers for the training stages (pretrain, translate, finetune): schedule, checkpoints, batching.
+
+No training loop lives here: each stage keeps its own loop, readable top to bottom (STYLE.md 7).
+
+Checkpoints are written atomically to checkpoints/<stage>/ (outside DVC's outputs, which DVC deletes before a
+stage runs) with a fingerprint of the params and inputs; a rerun resumes only from a checkpoint whose
+fingerprint matches, and the folder is removed once the stage has written its output.
+"""
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+CHECKPOINTS = Path("checkpoints")
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(dev: torch.device):
+    """bf16 autocast on a GPU that has it; full fp32 on the CPU (bitwise-reproducible)."""
+    enabled = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.1) -> float:
+    """LR multiplier: linear warmup to 1, cosine decay to min_ratio at `total`.
+
+    warmup_cosine(0, 10, 100) -> 0.1; warmup_cosine(10, 10, 100) -> 1.0; warmup_cosine(100, 10, 100) -> 0.1
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Indices of the examples of batch `step`: epochs are seeded permutations, so any step can be recomputed.
+
+    That is the data position of a checkpoint: resuming at step s draws exactly the batches an uninterrupted
+    run would have.
+    """
+    per_epoch = max(1, n // batch_size)
+    epoch, i = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    return perm[i * batch_size : (i + 1) * batch_size].tolist()
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, T_max)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        sl = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
+        ids[row, sl] = torch.tensor(s, dtype=torch.long)
+        mask[row, sl] = 1
+    return ids, mask
+
+
+def fingerprint(params: dict, *inputs: Path) -> str:
+    """Hash of the params and the input files' contents: a checkpoint is resumed only by the run it belongs to."""
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for root in inputs:
+        root = Path(root)
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files:
+            h.update(str(f.relative_to(root.parent)).encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, fp: str, extra: dict | None = None) -> None:
+    """Model (safetensors), optimizer, scheduler, RNG states and step, written to a temp folder then renamed."""
+    from safetensors.torch import save_model
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
+        tmp / "state.pt",
+    )
+    (tmp / "checkpoint.json").write_text(json.dumps({"step": step, "fingerprint": fp, **(extra or {})}))
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, fp: str) -> dict | None:
+    """Restore a matching checkpoint in place and return its checkpoint.json; None when there is none to resume.
+
+    A checkpoint of other params or inputs is ignored (and said so); a corrupt one fails with its path.
+    """
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    if not path.exists() and path.with_name(path.name + ".old").exists():
+        path = path.with_name(path.name + ".old")  # crashed between the two renames
+    if not (path / "checkpoint.json").exists():
+        return None
+    info = json.loads((path / "checkpoint.json").read_text())
+    if info.get("fingerprint") != fp:
+        print(f"{path}: checkpoint of other params or inputs; starting afresh")
+        return None
+    try:
+        load_model(model, str(path / "model.safetensors"))
+        state = torch.load(path / "state.pt", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to read means the file is unusable
+        raise RuntimeError(f"{path}: corrupt checkpoint ({e}); delete it to start afresh") from e
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    print(f"{path}: resuming at step {info['step']}")
+    return info
+
+
+def count_params(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
