@@ -30,9 +30,11 @@ def _check_type(value, hint, where: str):
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where)
     if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(hint):
-            if arg is type(None) and value is None:
-                return None
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(hint)):
+            return None
+        if len(args) == 1:  # Optional[X]: X's own error is the useful one
+            return _check_type(value, args[0], where)
         for arg in typing.get_args(hint):
             if arg is not type(None):
                 try:
@@ -157,7 +159,7 @@ def git_revision() -> str | None:
         return None
 
 
-def meta(params, **counts) -> dict:
+def meta(params, /, **counts) -> dict:
     """What an artifact's meta.json holds: params used, git revision, counts, library versions."""
     import importlib.metadata as md
 

@@ -1,0 +1,225 @@
+"""finetune: one fine-tuning run of the matrix in params.yaml (`finetune.runs.<run>`) on the few-label task.
+
+Reads  data/3_tokenize/task (input_ids, label), data/3_tokenize/tokenizer, models/4_pretrain,
+       data/6_augment (back-translated paraphrases, used when the run has `augmented: true`)
+Writes models/7_finetune/<run>   the best checkpoint on validation: a full model (save_pretrained) or, for
+                                 `method: lora`, a PEFT adapter (PEFT's format, loadable on models/4_pretrain);
+                                 meta.json with trainable parameters, train seconds, peak memory, the curve
+
+    python -m stages.finetune full        # the run name is a key of finetune.runs
+
+A run is `init` (scratch: the same architecture, random init; pretrained: models/4_pretrain) x `method`
+(full: every weight; lora: low-rank adapters + the classification head, through PEFT) x `augmented`. The
+learning rate is `lr_scale` times the rate the body was pre-trained with. The classification head pools the
+last non-pad token (GPT-2 style). Training stops early when validation accuracy stops improving.
+"""
+
+import copy
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from stages.common import ParamsError, atomic_dir, fail, load_params, meta, seed_everything, write_json
+from stages.training import autocast, batch_indices, count_params, device, pad_batch, warmup_cosine
+
+TASK = Path("data/3_tokenize/task")
+TOKENIZER = Path("data/3_tokenize/tokenizer")
+PRETRAINED = Path("models/4_pretrain")
+AUGMENT = Path("data/6_augment")
+OUT = Path("models/7_finetune")
+INITS = ("scratch", "pretrained")
+METHODS = ("full", "lora")
+
+
+@dataclass(frozen=True)
+class TrainParams:  # finetune.train: shared by every run
+    seed: int
+    epochs: int  # upper bound; early stopping usually ends sooner
+    batch_size: int
+    patience: int  # epochs without a better validation accuracy before stopping
+    warmup_ratio: float
+    weight_decay: float
+    dropout: float  # residual/attention/embedding dropout while fine-tuning
+    grad_clip: float
+    eval_batch_size: int
+
+    def validate(self):
+        for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                yield f"{name}: must be >= 1, got {getattr(self, name)}"
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    r: int  # rank: higher adapts more and trains more parameters
+    alpha: int  # scaling = alpha / r
+    dropout: float
+    target_modules: list[str]
+
+    def validate(self):
+        if self.r < 1:
+            yield f"r: LoRA rank must be >= 1, got {self.r}"
+
+
+@dataclass(frozen=True)
+class RunParams:  # finetune.runs.<run>
+    init: str  # scratch | pretrained
+    method: str  # full | lora
+    lr_scale: float  # learning rate = (pre-training learning rate) * lr_scale
+    augmented: bool  # add the back-translated paraphrases (data/6_augment) to the training set
+    lora: LoraParams | None = None
+
+    def validate(self):
+        if self.init not in INITS:
+            yield f"init: unknown {self.init!r}; expected one of {', '.join(INITS)}"
+        if self.method not in METHODS:
+            yield f"method: unknown fine-tuning method {self.method!r}; expected one of {', '.join(METHODS)}"
+        if self.lr_scale <= 0:
+            yield f"lr_scale: must be > 0, got {self.lr_scale}"
+        if self.method == "lora" and self.lora is None:
+            yield "lora: method lora needs a lora: section (r, alpha, dropout, target_modules)"
+
+
+def build_classifier(run: RunParams, pretrained: Path, num_labels: int, dropout: float, labels: list[str]):
+    """The model to train: a sequence classifier on the pre-trained (or a freshly initialised) body."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    kwargs = {
+        "num_labels": num_labels, "id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)},
+        "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout, "summary_first_dropout": dropout,
+    }  # fmt: skip
+    if run.init == "scratch":
+        model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(pretrained, **kwargs))
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(pretrained, **kwargs)
+    if run.method == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lora = LoraConfig(
+            task_type=TaskType.SEQ_CLS, r=run.lora.r, lora_alpha=run.lora.alpha, lora_dropout=run.lora.dropout,
+            target_modules=list(run.lora.target_modules), fan_in_fan_out=True,  # GPT-2's Conv1D stores W transposed
+        )  # fmt: skip
+        model = get_peft_model(model, lora)
+    return model
+
+
+@torch.no_grad()
+def predict(model, seqs: list[list[int]], pad_id: int, batch_size: int) -> list[int]:
+    """Predicted label ids for token sequences."""
+    model.eval()
+    dev, preds = next(model.parameters()).device, []
+    for i in range(0, len(seqs), batch_size):
+        ids, mask = pad_batch(seqs[i : i + batch_size], pad_id)
+        with autocast(dev):
+            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits  # (B, num_labels)
+        preds += logits.argmax(-1).tolist()
+    model.train()
+    return preds
+
+
+def train(model, train_set: tuple[list, list], val_set: tuple[list, list], lr: float, t: TrainParams, pad_id: int):
+    """Fine-tune with early stopping; returns (best state dict, curve)."""
+    dev = device()
+    model.to(dev).train()
+    seqs, labels = train_set
+    steps_per_epoch = max(1, len(seqs) // t.batch_size)
+    total = steps_per_epoch * t.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, int(t.warmup_ratio * total), total, 0.0))
+    best, best_acc, curve, waited = None, -1.0, [], 0
+    for epoch in range(t.epochs):
+        losses = []
+        for i in range(steps_per_epoch):
+            idx = batch_indices(len(seqs), t.batch_size, epoch * steps_per_epoch + i, t.seed)
+            ids, mask = pad_batch([seqs[j] for j in idx], pad_id)  # (B, T)
+            y = torch.tensor([labels[j] for j in idx], device=dev)
+            with autocast(dev):
+                loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=y).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        preds = predict(model, val_set[0], pad_id, t.eval_batch_size)
+        acc = sum(int(p == y) for p, y in zip(preds, val_set[1], strict=True)) / len(preds)
+        curve.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "val_accuracy": acc})
+        print(f"epoch {epoch + 1}/{t.epochs}  loss {curve[-1]['train_loss']:.4f}  val acc {acc:.4f}", flush=True)
+        if acc > best_acc:
+            best, best_acc, waited = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}), acc, 0
+        else:
+            waited += 1
+            if waited >= t.patience:
+                break
+    return best, curve
+
+
+def load_training_set(task, augment_dir: Path, tokenizer, max_length: int, augmented: bool) -> tuple[list, list]:
+    """(token sequences, labels) of the labeled train split, plus the paraphrases when `augmented`."""
+    seqs, labels = list(task["train"]["input_ids"]), list(task["train"]["label"])
+    if augmented:
+        from datasets import load_from_disk
+
+        aug = load_from_disk(str(augment_dir))
+        if len(aug):
+            seqs += tokenizer(aug["text"], add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+            labels += list(aug["label"])
+    return seqs, labels
+
+
+def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenizer_dir: Path = TOKENIZER,
+        pretrained: Path = PRETRAINED, augment_dir: Path = AUGMENT, out: Path = OUT) -> dict:  # fmt: skip
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    seed_everything(t.seed)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    task = load_from_disk(str(task_dir))
+    labels = task["train"].features["label"].names
+    pre_meta = json.loads((pretrained / "meta.json").read_text())
+    lr = pre_meta["params"]["lr"] * r.lr_scale
+    max_length = max(len(s) for s in task["train"]["input_ids"])
+    train_set = load_training_set(task, augment_dir, tokenizer, max_length, r.augmented)
+    val_set = (list(task["validation"]["input_ids"]), list(task["validation"]["label"]))
+
+    model = build_classifier(r, pretrained, len(labels), t.dropout, labels)
+    trainable, total = count_params(model)
+    start = time.perf_counter()
+    best, curve = train(model, train_set, val_set, lr, t, tokenizer.pad_token_id)
+    seconds = time.perf_counter() - start
+    model.load_state_dict(best)
+    info = {
+        "run": name, "init": r.init, "method": r.method, "augmented": r.augmented, "lr": lr,
+        "train_examples": len(train_set[0]), "trainable_params": trainable, "total_params": total,
+        "trainable_share": round(trainable / total, 5), "train_seconds": round(seconds, 1),
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "best_epoch": max(curve, key=lambda c: c["val_accuracy"])["epoch"],
+        "best_val_accuracy": max(c["val_accuracy"] for c in curve), "curve": curve,
+    }  # fmt: skip
+    with atomic_dir(out / name) as tmp:
+        model.cpu().save_pretrained(tmp)  # a PeftModel writes the adapter (+ head) in PEFT's format
+        tokenizer.save_pretrained(tmp)
+        write_json(meta({"train": asdict(t), "run": asdict(r)}, **info), tmp / "meta.json")
+    return {k: v for k, v in info.items() if k != "curve"}
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        fail("usage: python -m stages.finetune <run>   (a key of finetune.runs in params.yaml)")
+    name = sys.argv[1]
+    t = load_params("finetune.train", TrainParams)
+    try:
+        r = load_params(f"finetune.runs.{name}", RunParams)
+    except ParamsError as e:
+        fail(f"unknown or invalid fine-tuning run {name!r}: {e}")
+    print(json.dumps(run(name, t, r), indent=2))
+
+
+if __name__ == "__main__":
+    main()

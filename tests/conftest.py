@@ -1,0 +1,107 @@
+"""Shared test setup: offline, quiet, and a copy of this project in a temp git + DVC repo, shrunk to tiny sizes."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# No network, no telemetry, no progress bars: set before any stage imports a library.
+for key, value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}.items():
+    os.environ.setdefault(key, value)
+
+# The real config shrunk (torchtune style): same stages and code paths, tiny model, few steps.
+TINY = {
+    "ingest.train_per_class": 8,
+    "ingest.eval_per_class": 10,
+    "tokenize.vocab_size": 512,
+    "tokenize.block_size": 64,
+    "tokenize.max_length": 48,
+    "pretrain.n_layer": 2,
+    "pretrain.n_embd": 64,
+    "pretrain.n_head": 2,
+    "pretrain.max_steps": 4,
+    "pretrain.warmup_steps": 1,
+    "pretrain.batch_size": 8,
+    "pretrain.eval_every": 2,
+    "pretrain.eval_batches": 2,
+    "pretrain.checkpoint_every": 2,
+    "translate.d_model": 32,
+    "translate.ffn_dim": 64,
+    "translate.layers": 1,
+    "translate.heads": 2,
+    "translate.vocab_size": 512,
+    "translate.max_steps": 3,
+    "translate.eval_pairs": 4,
+    "finetune.train.epochs": 2,
+    "finetune.train.patience": 1,
+}
+
+
+def set_dotted(params: dict, key: str, value) -> None:
+    node = params
+    *parents, leaf = key.split(".")
+    for k in parents:
+        node = node[k]
+    if leaf not in node:
+        raise KeyError(f"tiny override {key!r} names no key of params.yaml")
+    node[leaf] = value
+
+
+def tiny_params(overrides: dict | None = None) -> dict:
+    """params.yaml with the TINY overrides (and any more) applied; an override of an unknown key fails."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in {**TINY, **(overrides or {})}.items():
+        set_dotted(params, key, value)
+    return params
+
+
+def project_files() -> list[str]:
+    """The files of this project as git sees them (tracked, and new but not ignored)."""
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True)
+    return [f for f in out.stdout.splitlines() if (ROOT / f).is_file() and not f.startswith(("metrics/", "dvc.lock"))]
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and proc.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def make_project(dest: Path, overrides: dict | None = None) -> Path:
+    """A copy of this project at `dest`: its own git repo and DVC cache, tiny params, committed."""
+    for f in project_files():
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dest / f)
+    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(overrides), sort_keys=False))
+    run(["git", "init", "-q"], dest)
+    run(["git", "config", "user.email", "test@example.invalid"], dest)
+    run(["git", "config", "user.name", "test"], dest)
+    if not (dest / ".dvc").exists():
+        run(["dvc", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "tiny project"], dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Path:
+    """A tiny project whose pipeline has been reproduced once (shared by the tests that only read it)."""
+    dest = make_project(tmp_path_factory.mktemp("project"))
+    run(["dvc", "repro"], dest)
+    return dest
