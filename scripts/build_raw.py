@@ -32,6 +32,8 @@ _SKIP = {"note", "speaker"}
 # Elements that mark a boundary in the text (a line, a paragraph, a chapter): a word never spans them.
 _BREAK = {"note", "speaker", "title", "l", "lg", "lb", "div", "chapter", "list", "item", "milestone", "p"}
 _TAG = re.compile(r"<(/?)([A-Za-z]+)([^>]*?)(/?)>")
+# The WEB module appends its glossary to the last verse (Revelation 22:21): book matter, not verse text.
+_BACK_MATTER = re.compile(r'<div\b[^>]*type="(?:glossary|introduction)"')
 _BRK = "\x00"  # a hard boundary: becomes a space, or nothing before punctuation
 _SOFT = "\x01"  # any other tag: a space only between two letters (the Spanish module omits spaces at tags)
 # Reina-Valera marks enclitic pronouns as added words, glued to the verb: 'díjo<transChange>le</transChange>'
@@ -46,6 +48,7 @@ def osis_to_text(osis: str) -> str:
     'God<note>..</note><w>created</w>' -> 'God created'; 'Christ,<note>..</note>the' -> 'Christ, the';
     'Son<note>..</note>.' -> 'Son.'; '<w>lo que</w><transChange>quisieres</transChange>' -> 'lo que quisieres'
     """
+    osis = _BACK_MATTER.split(osis, 1)[0]
     out, skipping, pos = [], [], 0  # skipping: stack of open elements whose content is dropped
     for m in _TAG.finditer(osis):
         closing, name, attrs, selfclosing = m.group(1), m.group(2), m.group(3), m.group(4)

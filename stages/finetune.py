@@ -168,7 +168,7 @@ def load_training_set(task, augment_dir: Path, tokenizer, max_length: int, augme
 
         aug = load_from_disk(str(augment_dir))
         if len(aug):
-            seqs += tokenizer(aug["text"], add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+            seqs += tokenizer(list(aug["text"]), add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
             labels += list(aug["label"])
     return seqs, labels
 

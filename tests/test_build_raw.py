@@ -30,6 +30,9 @@ RAW = Path(__file__).resolve().parents[1] / "data/raw"
          '<w>is</w> <w>my</w> <w>shepherd</w>;<l eID="b"/><l sID="c"/><w>I</w> <w>shall</w>',
          "A Psalm by David. Yahweh is my shepherd; I shall"),
         ("<title>The Creation</title><w>In</w> <w>the</w> <w>beginning</w>", "In the beginning"),
+        # WEB: the glossary appended to Revelation 22:21 is not verse text
+        ('<w>saints</w>. Amen. <chapter eID="Rev.22"/><div sID="g1" type="glossary"/> <milestone n="Glossary" '
+         'type="x-usfm-h"/>The following words used in the World English Bible', "saints. Amen."),
         # KJV: pilcrow, divine name, added words
         ("¶ The <divineName><w>LORD</w></divineName> <transChange type=\"added\">is</transChange> my shepherd",
          "The LORD is my shepherd"),
@@ -59,7 +62,7 @@ def test_no_glued_words_or_markup_remain(bibles):
     for name, rows in bibles.items():
         joins = [(r["book"], r["chapter"], r["verse"], w) for r in rows for w in re.findall(r"\w*[a-zá-ú][A-ZÁ-Ú]\w*", r["text"])]
         assert joins == [], f"{name}: glued words {joins[:5]}"
-        leftovers = [r for r in rows if re.search(r"[<>¶]|\s{2}", r["text"])]
+        leftovers = [r for r in rows if re.search(r"[<>¶]|\s{2}", r["text"]) or len(r["text"]) > 1000]
         assert leftovers == [], f"{name}: markup or double spaces left in {leftovers[:3]}"
     text = " ".join(r["text"] for r in bibles["web"])
     for glued in ("Godcreated", "bornSon", "Christ,the"):

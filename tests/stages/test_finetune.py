@@ -1,0 +1,108 @@
+"""finetune + evaluate: each method trains what it should, saves in its format, and reloads to the same predictions."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict
+
+from stages.common import load_params
+from stages.evaluate import EvaluateParams, load_run
+from stages.evaluate import run as evaluate_run
+from stages.finetune import LoraParams, RunParams, TrainParams, build_classifier, predict
+from stages.finetune import run as finetune_run
+from stages.ingest import LABELS
+from stages.pretrain import PretrainParams, build_model
+from stages.tokenize import train_tokenizer
+from stages.training import count_params
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSES = {
+    0: "Moses commanded the law and the statutes of the covenant",
+    1: "the king reigned in Jerusalem and fought the Philistines",
+    2: "my soul waits for the Lord in the night; wisdom is better than gold",
+    3: "thus says the Lord to the house of Israel; woe to the nations",
+    4: "Jesus said to his disciples, follow me",
+    5: "grace to you and peace from God our Father, brothers",
+    6: "I saw a beast rising out of the sea with seven heads",
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    texts = list(VERSES.values()) * 30
+    tok = train_tokenizer(texts, vocab_size=300, min_frequency=1)
+    tok.save_pretrained(root / "tokenizer")
+    pre = dataclasses.replace(load_params("pretrain", PretrainParams, ROOT / "params.yaml"), n_layer=2, n_embd=32, n_head=2)
+    model = build_model(pre, tok, 64)
+    model.save_pretrained(root / "pretrained")
+    tok.save_pretrained(root / "pretrained")
+    (root / "pretrained/meta.json").write_text(json.dumps({"params": dataclasses.asdict(pre)}))
+    rows = [{"input_ids": tok.encode(t + s), "label": y} for y, t in VERSES.items() for s in ("", ".", "!", " now")]
+    split = Dataset.from_list(rows).cast_column("label", ClassLabel(names=LABELS))
+    DatasetDict({"train": split, "validation": split, "test": split}).save_to_disk(root / "task")
+    Dataset.from_list([{"text": VERSES[0] + " again", "label": 0}]).save_to_disk(root / "augment")
+    return root
+
+
+def params(**kw):
+    t = dataclasses.replace(load_params("finetune.train", TrainParams, ROOT / "params.yaml"), epochs=3, patience=2)
+    lora = LoraParams(r=4, alpha=8, dropout=0.0, target_modules=["c_attn", "c_proj", "c_fc"])
+    runs = {
+        "scratch": RunParams(init="scratch", method="full", lr_scale=1.0, augmented=False),
+        "full": RunParams(init="pretrained", method="full", lr_scale=0.1, augmented=False),
+        "lora": RunParams(init="pretrained", method="lora", lr_scale=1.0, augmented=False, lora=lora),
+        "full_bt": RunParams(init="pretrained", method="full", lr_scale=0.1, augmented=True),
+    }
+    return t, runs
+
+
+def test_lora_trains_only_adapters_and_head(workspace):
+    _, runs = params()
+    model = build_classifier(runs["lora"], workspace / "pretrained", 7, 0.0, LABELS)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "score" in n for n in trainable)
+    t, total = count_params(model)
+    assert t < 0.2 * total
+    full = build_classifier(runs["full"], workspace / "pretrained", 7, 0.0, LABELS)
+    assert count_params(full)[0] == count_params(full)[1]
+
+
+def test_pretrained_init_loads_the_body_and_scratch_does_not(workspace):
+    _, runs = params()
+    pre = build_classifier(runs["full"], workspace / "pretrained", 7, 0.0, LABELS)
+    scratch = build_classifier(runs["scratch"], workspace / "pretrained", 7, 0.0, LABELS)
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(workspace / "pretrained")
+    w = lm.transformer.h[0].attn.c_attn.weight
+    assert torch.equal(pre.transformer.h[0].attn.c_attn.weight, w)
+    assert not torch.equal(scratch.transformer.h[0].attn.c_attn.weight, w)
+
+
+def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):
+    t, runs = params()
+    out = tmp_path / "runs"
+    infos = {}
+    for name, r in runs.items():
+        infos[name] = finetune_run(name, t, r, task_dir=workspace / "task", tokenizer_dir=workspace / "tokenizer",
+                                   pretrained=workspace / "pretrained", augment_dir=workspace / "augment", out=out)  # fmt: skip
+    assert (out / "lora/adapter_config.json").exists() and (out / "lora/adapter_model.safetensors").exists()
+    assert (out / "full/model.safetensors").exists()
+    assert infos["full_bt"]["train_examples"] == infos["full"]["train_examples"] + 1
+    assert infos["full"]["lr"] == pytest.approx(0.1 * load_params("pretrain", PretrainParams, ROOT / "params.yaml").lr)
+    # the saved adapter reloads on the base model and predicts what the best checkpoint predicted
+    model = load_run(out / "lora", 7)
+    seqs = [r for r in Dataset.load_from_disk(str(workspace / "task/test"))["input_ids"]]
+    preds = predict(model, seqs, 1, 8)
+    accuracy = sum(p == y for p, y in zip(preds, [i // 4 for i in range(28)])) / 28
+    assert accuracy == pytest.approx(json.loads((out / "lora/meta.json").read_text())["counts"]["best_val_accuracy"])
+
+    metrics = evaluate_run(EvaluateParams(batch_size=8, split="test"), list(runs), task_dir=workspace / "task",
+                           models=out, metrics_path=tmp_path / "e.json", report_path=tmp_path / "e.md")  # fmt: skip
+    assert set(metrics["runs"]) == set(runs)
+    assert metrics["runs"]["lora"]["accuracy"] == pytest.approx(accuracy, abs=1e-4)  # rounded to 4 places
+    assert "## The field's claims, as measured" in (tmp_path / "e.md").read_text()
