@@ -38,19 +38,6 @@ class EvaluateParams:
             yield f"split: expected test or validation, got {self.split!r}"
 
 
-def load_run(path: Path, num_labels: int):
-    """A fine-tuned classifier: a full model, or a PEFT adapter on the base it names."""
-    from transformers import AutoModelForSequenceClassification
-
-    if (path / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        base_path = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        base = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=num_labels)
-        return PeftModel.from_pretrained(base, path)
-    return AutoModelForSequenceClassification.from_pretrained(path)
-
-
 def score(predictions: list[int], references: list[int], labels: list[str]) -> dict:
     """Accuracy, macro-F1 and per-class F1 (by label name), from the repo-local metric modules."""
     import evaluate
@@ -111,7 +98,7 @@ def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: 
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
-    from stages.finetune import predict
+    from stages.finetune import load_classifier, predict
 
     task = load_from_disk(str(task_dir))
     labels = task["train"].features["label"].names
@@ -121,7 +108,7 @@ def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: 
     for name in run_names:
         path = models / name
         info = json.loads((path / "meta.json").read_text())["counts"]
-        model = load_run(path, len(labels))
+        model = load_classifier(path)
         pad_id = AutoTokenizer.from_pretrained(path).pad_token_id
         preds = predict(model, seqs, pad_id, p.batch_size)
         keys = ("init", "method", "augmented", "trainable_params", "trainable_share", "train_seconds",

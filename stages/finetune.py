@@ -2,16 +2,18 @@
 
 Reads  data/3_tokenize/task (input_ids, label), data/3_tokenize/tokenizer, models/4_pretrain,
        data/6_augment (back-translated paraphrases, used when the run has `augmented: true`)
-Writes models/7_finetune/<run>   the best checkpoint on validation: a full model (save_pretrained) or, for
-                                 `method: lora`, a PEFT adapter (PEFT's format, loadable on models/4_pretrain);
+Writes models/7_finetune/<run>   the best checkpoint on validation: body (save_pretrained) + head.safetensors,
+                                 or for `method: lora` the adapter and head in PEFT's format, loaded onto
+                                 models/4_pretrain; classifier.json says which;
                                  meta.json with trainable parameters, train seconds, peak memory, the curve
 
     python -m stages.finetune full        # the run name is a key of finetune.runs
 
 A run is `init` (scratch: the same architecture, random init; pretrained: models/4_pretrain) x `method`
 (full: every weight; lora: low-rank adapters + the classification head, through PEFT) x `augmented`. The
-learning rate is `lr_scale` times the rate the body was pre-trained with. The classification head pools the
-last non-pad token (GPT-2 style). Training stops early when validation accuracy stops improving.
+learning rate is `lr_scale` times the rate the body was pre-trained with. The head reads the body's hidden
+states pooled over the verse (`finetune.train.pooling`). Training stops early when validation accuracy stops
+improving; the best epoch is kept.
 """
 
 import copy
@@ -47,11 +49,14 @@ class TrainParams:  # finetune.train: shared by every run
     dropout: float  # residual/attention/embedding dropout while fine-tuning
     grad_clip: float
     eval_batch_size: int
+    pooling: str  # mean | last: how the head sees the sequence
 
     def validate(self):
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
             if getattr(self, name) < 1:
                 yield f"{name}: must be >= 1, got {getattr(self, name)}"
+        if self.pooling not in ("mean", "last"):
+            yield f"pooling: expected mean or last, got {self.pooling!r}"
 
 
 @dataclass(frozen=True)
@@ -85,27 +90,88 @@ class RunParams:  # finetune.runs.<run>
             yield "lora: method lora needs a lora: section (r, alpha, dropout, target_modules)"
 
 
-def build_classifier(run: RunParams, pretrained: Path, num_labels: int, dropout: float, labels: list[str]):
-    """The model to train: a sequence classifier on the pre-trained (or a freshly initialised) body."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+class Classifier(torch.nn.Module):
+    """A pre-trained (or fresh) transformer body, pooled over tokens, and a linear head. Composed, not subclassed.
 
-    kwargs = {
-        "num_labels": num_labels, "id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)},
-        "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout, "summary_first_dropout": dropout,
-    }  # fmt: skip
+    Pooling `mean` averages the hidden states of the real (non-pad) tokens; `last` takes the last real token
+    (GPT-2's own choice). Mean pooling puts every token's contextual embedding in front of the head, which
+    is what few labels can learn from.
+    """
+
+    def __init__(self, body, num_labels: int, pooling: str, dropout: float):
+        super().__init__()
+        self.body, self.pooling = body, pooling
+        self.dropout = torch.nn.Dropout(dropout)
+        self.head = torch.nn.Linear(body.config.hidden_size, num_labels)
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        h = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        mask = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+        if self.pooling == "mean":
+            pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, H)
+        else:
+            last = attention_mask.sum(1) - 1  # right padding: index of the last real token
+            pooled = h[torch.arange(len(h), device=h.device), last]
+        logits = self.head(self.dropout(pooled)).float()  # (B, num_labels)
+        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return Output(loss, logits)
+
+
+@dataclass
+class Output:
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+def build_classifier(run: RunParams, pretrained: Path, num_labels: int, t: "TrainParams"):
+    """The model to train: a classifier on the pre-trained body (or the same architecture freshly initialised)."""
+    from transformers import AutoConfig, AutoModel
+
+    drop = {"resid_pdrop": t.dropout, "embd_pdrop": t.dropout, "attn_pdrop": t.dropout}
     if run.init == "scratch":
-        model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(pretrained, **kwargs))
+        body = AutoModel.from_config(AutoConfig.from_pretrained(pretrained, **drop))
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(pretrained, **kwargs)
+        body = AutoModel.from_pretrained(pretrained, **drop)
+    model = Classifier(body, num_labels, t.pooling, t.dropout)
     if run.method == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
+        from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(
-            task_type=TaskType.SEQ_CLS, r=run.lora.r, lora_alpha=run.lora.alpha, lora_dropout=run.lora.dropout,
-            target_modules=list(run.lora.target_modules), fan_in_fan_out=True,  # GPT-2's Conv1D stores W transposed
+            r=run.lora.r, lora_alpha=run.lora.alpha, lora_dropout=run.lora.dropout,
+            target_modules=list(run.lora.target_modules), modules_to_save=["head"],
+            fan_in_fan_out=True,  # GPT-2's Conv1D stores its weight transposed
         )  # fmt: skip
         model = get_peft_model(model, lora)
     return model
+
+
+def save_classifier(model, path: Path, info: dict) -> None:
+    """Full runs: body (save_pretrained) + head.safetensors; LoRA runs: the adapter and head in PEFT's format."""
+    from safetensors.torch import save_file
+
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(path)
+    else:
+        model.body.save_pretrained(path / "body")
+        save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(path / "head.safetensors"))
+    write_json(info, path / "classifier.json")
+
+
+def load_classifier(path: Path):
+    """A saved run, ready to predict: the inverse of save_classifier."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel
+
+    info = json.loads((path / "classifier.json").read_text())
+    if (path / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        body = AutoModel.from_pretrained(info["base"])
+        return PeftModel.from_pretrained(Classifier(body, info["num_labels"], info["pooling"], 0.0), path).eval()
+    body = AutoModel.from_pretrained(path / "body", config=AutoConfig.from_pretrained(path / "body"))
+    model = Classifier(body, info["num_labels"], info["pooling"], 0.0)
+    model.head.load_state_dict(load_file(str(path / "head.safetensors")))
+    return model.eval()
 
 
 @torch.no_grad()
@@ -188,7 +254,7 @@ def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenize
     train_set = load_training_set(task, augment_dir, tokenizer, max_length, r.augmented)
     val_set = (list(task["validation"]["input_ids"]), list(task["validation"]["label"]))
 
-    model = build_classifier(r, pretrained, len(labels), t.dropout, labels)
+    model = build_classifier(r, pretrained, len(labels), t)
     trainable, total = count_params(model)
     start = time.perf_counter()
     best, curve = train(model, train_set, val_set, lr, t, tokenizer.pad_token_id)
@@ -203,7 +269,8 @@ def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenize
         "best_val_accuracy": max(c["val_accuracy"] for c in curve), "curve": curve,
     }  # fmt: skip
     with atomic_dir(out / name) as tmp:
-        model.cpu().save_pretrained(tmp)  # a PeftModel writes the adapter (+ head) in PEFT's format
+        save_classifier(model.cpu(), tmp, {"num_labels": len(labels), "labels": labels, "pooling": t.pooling,
+                                           "base": str(pretrained) if r.method == "lora" else None})
         tokenizer.save_pretrained(tmp)
         write_json(meta({"train": asdict(t), "run": asdict(r)}, **info), tmp / "meta.json")
     return {k: v for k, v in info.items() if k != "curve"}

@@ -9,9 +9,9 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from stages.common import load_params
-from stages.evaluate import EvaluateParams, load_run
+from stages.evaluate import EvaluateParams
 from stages.evaluate import run as evaluate_run
-from stages.finetune import LoraParams, RunParams, TrainParams, build_classifier, predict
+from stages.finetune import LoraParams, RunParams, TrainParams, build_classifier, load_classifier, predict
 from stages.finetune import run as finetune_run
 from stages.ingest import LABELS
 from stages.pretrain import PretrainParams, build_model
@@ -61,26 +61,26 @@ def params(**kw):
 
 
 def test_lora_trains_only_adapters_and_head(workspace):
-    _, runs = params()
-    model = build_classifier(runs["lora"], workspace / "pretrained", 7, 0.0, LABELS)
+    t, runs = params()
+    model = build_classifier(runs["lora"], workspace / "pretrained", 7, t)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n or "score" in n for n in trainable)
-    t, total = count_params(model)
-    assert t < 0.2 * total
-    full = build_classifier(runs["full"], workspace / "pretrained", 7, 0.0, LABELS)
+    assert trainable and all("lora_" in n or "head" in n for n in trainable)
+    n_trainable, total = count_params(model)
+    assert n_trainable < 0.2 * total
+    full = build_classifier(runs["full"], workspace / "pretrained", 7, t)
     assert count_params(full)[0] == count_params(full)[1]
 
 
 def test_pretrained_init_loads_the_body_and_scratch_does_not(workspace):
-    _, runs = params()
-    pre = build_classifier(runs["full"], workspace / "pretrained", 7, 0.0, LABELS)
-    scratch = build_classifier(runs["scratch"], workspace / "pretrained", 7, 0.0, LABELS)
+    t, runs = params()
+    pre = build_classifier(runs["full"], workspace / "pretrained", 7, t)
+    scratch = build_classifier(runs["scratch"], workspace / "pretrained", 7, t)
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(workspace / "pretrained")
     w = lm.transformer.h[0].attn.c_attn.weight
-    assert torch.equal(pre.transformer.h[0].attn.c_attn.weight, w)
-    assert not torch.equal(scratch.transformer.h[0].attn.c_attn.weight, w)
+    assert torch.equal(pre.body.h[0].attn.c_attn.weight, w)
+    assert not torch.equal(scratch.body.h[0].attn.c_attn.weight, w)
 
 
 def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):
@@ -91,11 +91,11 @@ def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):
         infos[name] = finetune_run(name, t, r, task_dir=workspace / "task", tokenizer_dir=workspace / "tokenizer",
                                    pretrained=workspace / "pretrained", augment_dir=workspace / "augment", out=out)  # fmt: skip
     assert (out / "lora/adapter_config.json").exists() and (out / "lora/adapter_model.safetensors").exists()
-    assert (out / "full/model.safetensors").exists()
+    assert (out / "full/body/model.safetensors").exists() and (out / "full/head.safetensors").exists()
     assert infos["full_bt"]["train_examples"] == infos["full"]["train_examples"] + 1
     assert infos["full"]["lr"] == pytest.approx(0.1 * load_params("pretrain", PretrainParams, ROOT / "params.yaml").lr)
     # the saved adapter reloads on the base model and predicts what the best checkpoint predicted
-    model = load_run(out / "lora", 7)
+    model = load_classifier(out / "lora")
     seqs = [r for r in Dataset.load_from_disk(str(workspace / "task/test"))["input_ids"]]
     preds = predict(model, seqs, 1, 8)
     accuracy = sum(p == y for p, y in zip(preds, [i // 4 for i in range(28)])) / 28
