@@ -98,7 +98,9 @@ def run(p: TokenizeParams, corpus: Path = CORPUS, task: Path = TASK, out: Path =
         return {"input_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]}
 
     num_proc = p.num_proc if p.num_proc > 1 else None
-    ids = docs.map(encode, batched=True, num_proc=num_proc, remove_columns=docs.column_names)["input_ids"]
+    # keep_in_memory: no cache files written into the input folder (another stage's DVC output)
+    ids = docs.map(encode, batched=True, num_proc=num_proc, remove_columns=docs.column_names, keep_in_memory=True)
+    ids = ids["input_ids"]
     train_idx, val_idx = split_documents(len(ids), p.val_fraction, p.seed)
     blocks = {
         name: pack([ids[i] for i in idx], p.block_size, tokenizer.eos_token_id)
@@ -113,7 +115,7 @@ def run(p: TokenizeParams, corpus: Path = CORPUS, task: Path = TASK, out: Path =
         enc = tokenizer(batch["text"], add_special_tokens=False, truncation=True, max_length=p.max_length)
         return {"input_ids": enc["input_ids"]}
 
-    task_ids = task_ds.map(encode_task, batched=True, num_proc=num_proc)
+    task_ids = task_ds.map(encode_task, batched=True, num_proc=num_proc, keep_in_memory=True)
     metrics = {
         "vocab_size": len(tokenizer),
         "corpus_tokens": sum(len(x) for x in ids),

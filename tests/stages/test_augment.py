@@ -1,0 +1,135 @@
+"""augment: each filter drops with its reason on literal pairs; end to end on tiny translators, labels are kept,
+the output has the task's features (even when empty), metrics add up, and a rerun repeats."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from stages import augment as A
+from stages.common import load_params
+from stages.ingest import IngestParams
+from stages.ingest import run as ingest
+from stages.translate import TranslateParams
+from stages.translate import run as translate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+P = A.AugmentParams(
+    seed=0, num_paraphrases=2, pivot_beams=1, top_k=20, top_p=0.9, temperature=1.0, max_length=24, batch_size=16,
+    min_length_ratio=0.5, max_length_ratio=1.6, min_stopword_ratio=0.2, min_chrf=25.0, max_chrf=90.0, samples=3,
+)  # fmt: skip
+LENIENT = dataclasses.replace(P, min_length_ratio=0.0, max_length_ratio=1000.0, min_stopword_ratio=0.0, min_chrf=0.0,
+                              max_chrf=100.0)  # fmt: skip
+SOURCE = "Then God said to Noah, “Go out of the ship, you and your wife.”"
+
+
+def cand(text: str, chrf: float = 50.0, source: str = SOURCE) -> dict:
+    return {"text": text, "source_text": source, "chrf": chrf}
+
+
+@pytest.mark.parametrize(
+    "text, chrf, reason",
+    [
+        ("then god said to noah go out of the ship you and your wife", 99.0, "identical_to_source"),
+        ("God said to Noah.", 40.0, "too_short"),
+        (SOURCE + " And he said it again and again, and again and again to all of them.", 60.0, "too_long"),
+        ("Entonces habló Dios á Noé, diciendo: Sal del arca tú, y tu mujer.", 30.0, "not_english"),
+        ("So the LORD spoke unto Noah: leave the ark with thy wife, thou and she.", 12.0, "too_different"),
+        ("Then God said to Noah, “Go out of the ship, you and your own wife.”", 95.0, "too_similar"),
+        ("God told Noah, “Leave the ship, you and your wife, and go out.”", 55.0, None),
+    ],
+)
+def test_filters_name_the_reason(text, chrf, reason):
+    assert next((r for f in A.FILTERS if (r := f(cand(text, chrf), P))), None) == reason
+
+
+def test_quality_gate_drops_duplicates_and_counts_every_candidate():
+    good = "God told Noah, “Leave the ship, you and your wife, and go out.”"
+    cands = [
+        cand(good),
+        cand(good.lower() + "!"),
+        cand("God said to Noah."),
+        cand("Noah went out with his wife from the ark."),
+    ]
+    kept, dropped = A.quality_gate(cands, P)
+    assert [c["text"] for c in kept] == [good, "Noah went out with his wife from the ark."]
+    assert [r for r, _ in dropped] == ["duplicate", "too_short"]
+
+
+def test_words():
+    assert A.words("God said, “Let") == ["god", "said", "let"]
+
+
+def test_params_yaml_section_loads():
+    import yaml
+
+    p = load_params("augment", A.AugmentParams, ROOT / "params.yaml")
+    assert p.min_chrf < p.max_chrf
+    section = yaml.safe_load((ROOT / "params.yaml").read_text())["augment"]
+    assert list(section) == [f.name for f in dataclasses.fields(A.AugmentParams)]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[Path, Path]:
+    """(task, translators): the real task cut to 3 verses per genre, and tiny translators trained a few steps."""
+    from datasets import DatasetDict, load_from_disk
+
+    tmp = tmp_path_factory.mktemp("augment")
+    p = dataclasses.replace(
+        load_params("ingest", IngestParams, ROOT / "params.yaml"), train_per_class=3, eval_per_class=3
+    )
+    ingest(p, ROOT / "data/raw", tmp / "1_ingest", tmp / "ingest.json")
+    full = load_from_disk(str(tmp / "1_ingest/parallel"))
+    DatasetDict(
+        {"train": full["train"].select(range(200)), "validation": full["validation"].select(range(4))}
+    ).save_to_disk(str(tmp / "parallel"))
+    tiny = TranslateParams(
+        seed=0, vocab_size=300, min_frequency=2, max_length=24, d_model=32, layers=1, heads=2, ffn_dim=64, dropout=0.0,
+        max_steps=4, batch_size=8, lr=1e-3, warmup_steps=1, weight_decay=0.0, label_smoothing=0.1, grad_clip=1.0,
+        checkpoint_every=0, log_every=10, eval_pairs=2, num_beams=1, no_repeat_ngram_size=0, batch_size_eval=4,
+    )  # fmt: skip
+    translate(tiny, tmp / "parallel", tmp / "5_translate", tmp / "translate.json", tmp / "checkpoints")
+    return tmp / "1_ingest/task", tmp / "5_translate"
+
+
+def run_augment(tmp: Path, inputs, p: A.AugmentParams) -> tuple[dict, Path]:
+    task, models = inputs
+    metrics = A.run(p, task, models, tmp / "6_augment", tmp / "augment.json")
+    return metrics, tmp / "6_augment"
+
+
+def test_end_to_end_keeps_labels(tmp_path, inputs):
+    from datasets import load_from_disk
+
+    metrics, out = run_augment(tmp_path, inputs, LENIENT)
+    task = load_from_disk(str(inputs[0]))["train"]
+    aug = load_from_disk(str(out))
+    assert metrics["sources"] == len(task) == 21 and metrics["generated"] == 2 * len(task)
+    assert metrics["kept"] == len(aug) > 0 and metrics["kept"] + sum(metrics["drops"].values()) == metrics["generated"]
+    assert json.loads((tmp_path / "augment.json").read_text()) == metrics
+    assert aug.column_names == ["text", "label", "source_text", "book", "chapter", "verse"]
+    assert aug.features["label"] == task.features["label"]
+    label_of = dict(zip(task["text"], task["label"], strict=True))
+    assert all(label_of[s] == lab for s, lab in zip(aug["source_text"], aug["label"], strict=True))
+    assert all(t != s for t, s in zip(aug["text"], aug["source_text"], strict=True))
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert any(s["status"] == "kept" for s in samples) and all(
+        s["label"] in task.features["label"].names for s in samples
+    )
+    assert json.loads((out / "meta.json").read_text())["counts"]["kept"] == metrics["kept"]
+
+    again, out2 = run_augment(tmp_path / "again", inputs, LENIENT)
+    assert again["kept"] == metrics["kept"] and list(load_from_disk(str(out2))["text"]) == list(aug["text"])
+
+
+def test_everything_dropped_writes_an_empty_dataset(tmp_path, inputs):
+    from datasets import load_from_disk
+
+    strict = dataclasses.replace(P, min_chrf=99.0, max_chrf=99.5)
+    metrics, out = run_augment(tmp_path, inputs, strict)
+    aug = load_from_disk(str(out))
+    assert metrics["kept"] == len(aug) == 0 and sum(metrics["drops"].values()) == metrics["generated"]
+    assert aug.column_names == ["text", "label", "source_text", "book", "chapter", "verse"]
+    assert aug.features["label"] == load_from_disk(str(inputs[0]))["train"].features["label"]
