@@ -8,6 +8,7 @@ stage's wall time, DVC's own bookkeeping included. The table is also written to 
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,10 +17,13 @@ from pathlib import Path
 
 
 def main() -> int:
+    # The stages' `python -m ...` must be this environment's python, whether or not it is activated.
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1"}
     cmd = ["dvc", "repro", *sys.argv[1:]]
     start = time.perf_counter()
     times, current, t0 = {}, None, start
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
     for line in proc.stdout:
         sys.stdout.write(line)
         m = re.match(r"Running stage '([^']+)'", line)

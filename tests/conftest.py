@@ -46,6 +46,9 @@ TINY = {
     "translate.vocab_size": 512,
     "translate.max_steps": 3,
     "translate.eval_pairs": 4,
+    "augment.num_paraphrases": 1,
+    "augment.pivot_beams": 1,
+    "augment.max_length": 24,
     "finetune.train.epochs": 2,
     "finetune.train.patience": 1,
 }
