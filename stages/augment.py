@@ -11,8 +11,10 @@ Writes data/6_augment                      Dataset (save_to_disk): text (the par
     python -m stages.augment
 
 Each verse is translated to Spanish (beam search: the best pivot), then back to English `num_paraphrases` times by
-sampling (top-k, top-p, temperature; seeded, so a rerun repeats). A paraphrase passes the filters of FILTERS in
-order, each answering None (keep) or the reason to drop it, then a duplicate check.
+sampling (top-k, top-p, temperature; seeded, so a rerun repeats); other decoding settings (no_repeat_ngram_size)
+come from the translators' generation_config. A paraphrase passes the filters of FILTERS in order, each answering
+None (keep) or the reason to drop it, then a duplicate check. `sentences_per_second` counts English paraphrases per
+second of generation (both passes).
 """
 
 import json
