@@ -75,7 +75,8 @@ def tiny_params(overrides: dict | None = None) -> dict:
 def project_files() -> list[str]:
     """The files of this project as git sees them (tracked, and new but not ignored)."""
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True)
-    return [f for f in out.stdout.splitlines() if (ROOT / f).is_file() and not f.startswith(("metrics/", "dvc.lock"))]
+    # the results of this checkout's own run stay behind: the copy makes its own
+    return [f for f in out.stdout.splitlines() if (ROOT / f).is_file() and not f.startswith(("metrics/", "reports/", "dvc.lock"))]
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
