@@ -39,6 +39,7 @@ METRIC_MODULES = Path(__file__).resolve().parent.parent / "metric_modules"
 @dataclass(frozen=True)
 class AugmentParams:
     seed: int
+    threads: int  # torch CPU threads; 0 = torch's default (one per core)
     num_paraphrases: int  # sampled back-translations per verse
     pivot_beams: int  # beams for the Spanish pivot (1 = greedy)
     top_k: int  # sampling of the English side: the k likeliest tokens ...
@@ -57,6 +58,8 @@ class AugmentParams:
         for name in ("num_paraphrases", "pivot_beams", "top_k", "max_length", "batch_size"):
             if getattr(self, name) < 1:
                 yield f"{name}: must be >= 1, got {getattr(self, name)}"
+        if self.threads < 0:
+            yield f"threads: must be >= 0, got {self.threads}"
         if not 0 < self.top_p <= 1 or self.temperature <= 0:
             yield "top_p/temperature: need 0 < top_p <= 1 and temperature > 0"
         if not 0 <= self.min_length_ratio < self.max_length_ratio:
@@ -169,6 +172,8 @@ def run(
     from datasets import Dataset, Features, Value, load_from_disk
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+    if p.threads:
+        torch.set_num_threads(p.threads)
     train = load_from_disk(str(task))["train"]
     for name in ("en-es", "es-en"):
         if not (models / name / "config.json").exists():

@@ -11,8 +11,9 @@ Writes models/5_translate/en-es    MarianMTModel + tokenizer (save_pretrained) +
 Both directions share one byte-level BPE trained on both languages (an EOS post-processor ends every encoded
 text with </s>, as Marian expects of encoder inputs and labels). Each direction is a MarianConfig model trained
 by the loop below for `translate.max_steps` steps; checkpoints go to checkpoints/translate/<direction>, so a killed
-run resumes where it stopped, and are deleted once the models are written. The defaults train in about
-4 minutes on a 2-core CPU: the translations are rough (BLEU in single digits), enough to back-translate.
+run resumes where it stopped, and are deleted once the models are written. The defaults run in about 4.5 minutes
+on an idle 2-core CPU (1400 steps per direction, ~11 it/s) to BLEU ~13 (en-es) and ~16 (es-en) on the held-out
+chapters: rough, but readable English after a round trip, enough to back-translate.
 """
 
 import json
@@ -50,6 +51,7 @@ MEGABATCH = 16  # batches drawn together and sorted by length, so a batch holds 
 @dataclass(frozen=True)
 class TranslateParams:
     seed: int
+    threads: int  # torch CPU threads; 0 = torch's default (one per core)
     vocab_size: int  # joint BPE vocabulary of both languages
     min_frequency: int
     max_length: int  # tokens per side, </s> included; longer verses are truncated
@@ -58,6 +60,7 @@ class TranslateParams:
     heads: int
     ffn_dim: int
     dropout: float
+    init_std: float  # std of the initial weights; Marian's 0.02 keeps a small model's attention uniform for long
     max_steps: int  # optimizer steps per direction
     batch_size: int  # verse pairs per step
     lr: float
@@ -87,6 +90,8 @@ class TranslateParams:
             yield "checkpoint_every/no_repeat_ngram_size: must be >= 0"
         if self.lr <= 0 or self.warmup_steps < 0:
             yield "lr/warmup_steps: need lr > 0 and warmup_steps >= 0"
+        if self.threads < 0 or self.init_std <= 0:
+            yield "threads/init_std: need threads >= 0 and init_std > 0"
         if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
             yield "dropout/label_smoothing: must be in [0, 1)"
 
@@ -126,8 +131,9 @@ def build_model(p: TranslateParams, tokenizer):
     config = MarianConfig(
         vocab_size=len(tokenizer), d_model=p.d_model, encoder_layers=p.layers, decoder_layers=p.layers,
         encoder_attention_heads=p.heads, decoder_attention_heads=p.heads, encoder_ffn_dim=p.ffn_dim,
-        decoder_ffn_dim=p.ffn_dim, dropout=p.dropout, max_position_embeddings=max(128, p.max_length),
-        scale_embedding=True,  # embeddings (std 0.02) * sqrt(d_model): not drowned by the sinusoidal positions
+        decoder_ffn_dim=p.ffn_dim, dropout=p.dropout, init_std=p.init_std,
+        max_position_embeddings=max(128, p.max_length),
+        scale_embedding=True,  # embeddings (std init_std) * sqrt(d_model): not drowned by the sinusoidal positions
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id, forced_eos_token_id=tokenizer.eos_token_id,
         share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
@@ -239,6 +245,8 @@ def run(
 ) -> dict:  # fmt: skip
     from datasets import load_from_disk
 
+    if p.threads:
+        torch.set_num_threads(p.threads)
     data = load_from_disk(str(parallel))
     train_pairs = data["train"].filter(lambda r: r["source"].strip() and r["target"].strip(), keep_in_memory=True)
     if len(train_pairs) < p.batch_size or len(data["validation"]) == 0:

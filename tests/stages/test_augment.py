@@ -17,8 +17,9 @@ from stages.translate import run as translate
 ROOT = Path(__file__).resolve().parents[2]
 
 P = A.AugmentParams(
-    seed=0, num_paraphrases=2, pivot_beams=1, top_k=20, top_p=0.9, temperature=1.0, max_length=24, batch_size=16,
-    min_length_ratio=0.5, max_length_ratio=1.6, min_stopword_ratio=0.2, min_chrf=25.0, max_chrf=90.0, samples=3,
+    seed=0, threads=0, num_paraphrases=2, pivot_beams=1, top_k=20, top_p=0.9, temperature=1.0, max_length=24,
+    batch_size=16, min_length_ratio=0.5, max_length_ratio=1.6, min_stopword_ratio=0.2, min_chrf=25.0, max_chrf=90.0,
+    samples=3,
 )  # fmt: skip
 LENIENT = dataclasses.replace(P, min_length_ratio=0.0, max_length_ratio=1000.0, min_stopword_ratio=0.0, min_chrf=0.0,
                               max_chrf=100.0)  # fmt: skip
@@ -86,9 +87,10 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
         {"train": full["train"].select(range(200)), "validation": full["validation"].select(range(4))}
     ).save_to_disk(str(tmp / "parallel"))
     tiny = TranslateParams(
-        seed=0, vocab_size=300, min_frequency=2, max_length=24, d_model=32, layers=1, heads=2, ffn_dim=64, dropout=0.0,
-        max_steps=4, batch_size=8, lr=1e-3, warmup_steps=1, weight_decay=0.0, label_smoothing=0.1, grad_clip=1.0,
-        checkpoint_every=0, log_every=10, eval_pairs=2, num_beams=1, no_repeat_ngram_size=0, batch_size_eval=4,
+        seed=0, threads=0, vocab_size=300, min_frequency=2, max_length=24, d_model=32, layers=1, heads=2, ffn_dim=64,
+        dropout=0.0, init_std=0.05, max_steps=4, batch_size=8, lr=1e-3, warmup_steps=1, weight_decay=0.0,
+        label_smoothing=0.1, grad_clip=1.0, checkpoint_every=0, log_every=10, eval_pairs=2, num_beams=1,
+        no_repeat_ngram_size=0, batch_size_eval=4,
     )  # fmt: skip
     translate(tiny, tmp / "parallel", tmp / "5_translate", tmp / "translate.json", tmp / "checkpoints")
     return tmp / "1_ingest/task", tmp / "5_translate"

@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The real config shrunk: same code paths, a 1-layer 32-dim model, a few steps.
 TINY = dict(
-    seed=0, vocab_size=300, min_frequency=2, max_length=24, d_model=32, layers=1, heads=2, ffn_dim=64, dropout=0.1,
-    max_steps=6, batch_size=8, lr=1e-3, warmup_steps=2, weight_decay=0.01, label_smoothing=0.1, grad_clip=1.0,
-    checkpoint_every=3, log_every=3, eval_pairs=4, num_beams=1, no_repeat_ngram_size=3, batch_size_eval=4,
+    seed=0, threads=0, vocab_size=300, min_frequency=2, max_length=24, d_model=32, layers=1, heads=2, ffn_dim=64,
+    dropout=0.1, init_std=0.05, max_steps=6, batch_size=8, lr=1e-3, warmup_steps=2, weight_decay=0.01,
+    label_smoothing=0.1, grad_clip=1.0, checkpoint_every=3, log_every=3, eval_pairs=4, num_beams=1,
+    no_repeat_ngram_size=3, batch_size_eval=4,
 )  # fmt: skip
 
 
