@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup pipeline test lint
+.PHONY: setup pipeline test
 setup: $(VENV)/.installed
 
 # The CPU torch wheel first (a bare `torch` would pull a multi-GB CUDA build), then the project.
@@ -24,7 +24,6 @@ pipeline: setup
 	$(PY) -m scripts.repro
 
 test: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
-lint: setup
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -57,7 +57,11 @@ def osis_to_text(osis: str) -> str:
         pos = m.end()
         if closing and skipping and skipping[-1] == name:
             skipping.pop()
-        elif not closing and not selfclosing and (name in _SKIP or (name == "title" and 'canonical="true"' not in attrs)):
+        elif (
+            not closing
+            and not selfclosing
+            and (name in _SKIP or (name == "title" and 'canonical="true"' not in attrs))
+        ):
             skipping.append(name)
         if name in _BREAK:
             out.append(_BRK)
@@ -147,7 +151,8 @@ def write_sources(path: Path, table: list[tuple]) -> None:
         "License: all three are in the public domain (Debian copyright files: 'This work is not copyrighted.",
         "It is in the Public Domain.'). Upstream: eBible.org / CrossWire Bible Society.",
         "",
-        "| file | translation | language | Debian package | SWORD module | verses | chapters | sha256 (file) | sha256 (.deb) |",
+        "| file | translation | language | Debian package | SWORD module | verses | chapters "
+        "| sha256 (file) | sha256 (.deb) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     titles = {"web": "World English Bible", "kjv": "King James Version (1769)", "sparv": "Reina-Valera 1909"}
@@ -156,7 +161,11 @@ def write_sources(path: Path, table: list[tuple]) -> None:
             f"| `{fname}` | {titles[name]} | {lang} | `{deb}` | {module} | {verses:,} | {chapters:,} "
             f"| `{sha_file}` | `{sha_deb}` |"
         )
-    lines += ["", "Row format (one JSON object a line): `{\"book\": \"Gen\", \"chapter\": 1, \"verse\": 1, \"text\": \"...\"}`", ""]
+    lines += [
+        "",
+        'Row format (one JSON object a line): `{"book": "Gen", "chapter": 1, "verse": 1, "text": "..."}`',
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 

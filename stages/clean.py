@@ -63,7 +63,9 @@ def strip_markup(text: str) -> str:
     """Markup leftovers gone, words kept apart: 'God<note>x</note>created' -> 'God created'."""
     text = re.sub(r"<(note|script|style)\b[^>]*>.*?</\1>", " ", text, flags=re.S)
     text = re.sub(r"</?[A-Za-z][^<>]*>", " ", text)
-    return re.sub(r"&(amp|lt|gt|quot|nbsp);", lambda m: {"amp": "&", "lt": "<", "gt": ">", "quot": '"'}.get(m[1], " "), text)
+    return re.sub(
+        r"&(amp|lt|gt|quot|nbsp);", lambda m: {"amp": "&", "lt": "<", "gt": ">", "quot": '"'}.get(m[1], " "), text
+    )
 
 
 def normalize_whitespace(text: str) -> str:
@@ -131,7 +133,10 @@ def run(p: CleanParams, src: Path = IN, out: Path = OUT, metrics_path: Path = ME
     docs = load_from_disk(str(src)).to_list()
     kept, dropped = clean_documents(docs, p)
     if not kept:
-        fail(f"{src}: no document survived cleaning (drops: {dict(Counter(r for r, _ in dropped))}); check clean: in params.yaml")
+        fail(
+            f"{src}: no document survived cleaning (drops: {dict(Counter(r for r, _ in dropped))}); "
+            "check clean: in params.yaml"
+        )
     samples = defaultdict(list)
     for reason, doc in dropped:
         if len(samples[reason]) < p.sample_per_reason:

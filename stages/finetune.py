@@ -234,7 +234,9 @@ def load_training_set(task, augment_dir: Path, tokenizer, max_length: int, augme
 
         aug = load_from_disk(str(augment_dir))
         if len(aug):
-            seqs += tokenizer(list(aug["text"]), add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+            seqs += tokenizer(list(aug["text"]), add_special_tokens=False, truncation=True, max_length=max_length)[
+                "input_ids"
+            ]
             labels += list(aug["label"])
     return seqs, labels
 
@@ -269,8 +271,16 @@ def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenize
         "best_val_accuracy": max(c["val_accuracy"] for c in curve), "curve": curve,
     }  # fmt: skip
     with atomic_dir(out / name) as tmp:
-        save_classifier(model.cpu(), tmp, {"num_labels": len(labels), "labels": labels, "pooling": t.pooling,
-                                           "base": str(pretrained) if r.method == "lora" else None})
+        save_classifier(
+            model.cpu(),
+            tmp,
+            {
+                "num_labels": len(labels),
+                "labels": labels,
+                "pooling": t.pooling,
+                "base": str(pretrained) if r.method == "lora" else None,
+            },
+        )
         tokenizer.save_pretrained(tmp)
         write_json(meta({"train": asdict(t), "run": asdict(r)}, **info), tmp / "meta.json")
     return {k: v for k, v in info.items() if k != "curve"}

@@ -58,7 +58,9 @@ class IngestParams:
     parallel_val_chapters: int  # training chapters kept out of the parallel train split to score translators
 
     def validate(self):
-        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+        if not (
+            0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1
+        ):
             yield "val_fraction/test_fraction: each in (0, 1) and summing below 1"
         if self.train_per_class < 1 or self.eval_per_class < 1:
             yield "train_per_class/eval_per_class: must be >= 1"
@@ -142,11 +144,16 @@ def build_task(rows: list[dict], split: dict, p: IngestParams) -> dict[str, list
     rng = random.Random(p.seed + 1)
     task = {
         "train": sample_per_class(by_split["train"], p.train_per_class, rng),
-        "validation": sample_per_class([r for r in by_split["validation"] if r["text"] not in train_texts], p.eval_per_class, rng),
+        "validation": sample_per_class(
+            [r for r in by_split["validation"] if r["text"] not in train_texts], p.eval_per_class, rng
+        ),
         "test": sample_per_class([r for r in by_split["test"] if r["text"] not in train_texts], p.eval_per_class, rng),
         "pool": by_split["train"],
     }
-    return {name: [{k: r[k] for k in ("text", "label", "book", "chapter", "verse")} for r in rs] for name, rs in task.items()}
+    return {
+        name: [{k: r[k] for k in ("text", "label", "book", "chapter", "verse")} for r in rs]
+        for name, rs in task.items()
+    }
 
 
 def build_parallel(source: list[dict], target: list[dict], split: dict, p: IngestParams) -> dict[str, list[dict]]:
@@ -159,7 +166,13 @@ def build_parallel(source: list[dict], target: list[dict], split: dict, p: Inges
         key = (r["book"], r["chapter"], r["verse"])
         if split[key[:2]] != "train" or key not in tgt:
             continue
-        pair = {"source": r["text"], "target": tgt[key], "book": r["book"], "chapter": r["chapter"], "verse": r["verse"]}
+        pair = {
+            "source": r["text"],
+            "target": tgt[key],
+            "book": r["book"],
+            "chapter": r["chapter"],
+            "verse": r["verse"],
+        }
         out["validation" if key[:2] in held else "train"].append(pair)
     return out
 

@@ -116,7 +116,9 @@ def train(p: PretrainParams, model, train_blocks: torch.Tensor, val_blocks: torc
     dev = device()
     model.to(dev).train()
     opt = make_optimizer(model, p.lr, p.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, p.warmup_steps, p.max_steps, p.min_lr_ratio))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, p.warmup_steps, p.max_steps, p.min_lr_ratio)
+    )
     info = load_checkpoint(ckpt, model, opt, sched, fp) if p.checkpoint_every else None
     start, curve = (info["step"], info["curve"]) if info else (0, [])
     t0, tokens, running = time.perf_counter(), 0, []
@@ -136,7 +138,14 @@ def train(p: PretrainParams, model, train_blocks: torch.Tensor, val_blocks: torc
         done = step + 1
         if done % p.eval_every == 0 or done == p.max_steps:
             val = lm_loss(model, val_blocks, p.batch_size, dev, p.eval_batches)
-            curve.append({"step": done, "train_loss": sum(running) / len(running), "val_loss": val, "lr": sched.get_last_lr()[0]})
+            curve.append(
+                {
+                    "step": done,
+                    "train_loss": sum(running) / len(running),
+                    "val_loss": val,
+                    "lr": sched.get_last_lr()[0],
+                }
+            )
             print(f"step {done}/{p.max_steps}  train {curve[-1]['train_loss']:.4f}  val {val:.4f}  "
                   f"{tokens / (time.perf_counter() - t0):,.0f} tok/s", flush=True)  # fmt: skip
             running = []
@@ -145,8 +154,15 @@ def train(p: PretrainParams, model, train_blocks: torch.Tensor, val_blocks: torc
     return curve, time.perf_counter() - t0, tokens
 
 
-def run(p: PretrainParams, blocks: Path = BLOCKS, tokenizer_dir: Path = TOKENIZER, out: Path = OUT,
-        metrics_path: Path = METRICS, curve_path: Path = CURVE, ckpt: Path = CHECKPOINTS / "pretrain") -> dict:  # fmt: skip
+def run(
+    p: PretrainParams,
+    blocks: Path = BLOCKS,
+    tokenizer_dir: Path = TOKENIZER,
+    out: Path = OUT,
+    metrics_path: Path = METRICS,
+    curve_path: Path = CURVE,
+    ckpt: Path = CHECKPOINTS / "pretrain",
+) -> dict:
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
@@ -177,7 +193,9 @@ def run(p: PretrainParams, blocks: Path = BLOCKS, tokenizer_dir: Path = TOKENIZE
         tokenizer.save_pretrained(tmp)
         write_json(meta(p, **metrics, trainable_params=trainable), tmp / "meta.json")
     write_json(metrics, metrics_path)
-    rows = ["step,train_loss,val_loss,lr"] + [f"{c['step']},{c['train_loss']:.5f},{c['val_loss']:.5f},{c['lr']:.3e}" for c in curve]
+    rows = ["step,train_loss,val_loss,lr"] + [
+        f"{c['step']},{c['train_loss']:.5f},{c['val_loss']:.5f},{c['lr']:.3e}" for c in curve
+    ]
     write_text("\n".join(rows) + "\n", curve_path)
     shutil.rmtree(ckpt, ignore_errors=True)
     return metrics

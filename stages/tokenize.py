@@ -86,7 +86,9 @@ def split_documents(n: int, val_fraction: float, seed: int) -> tuple[list[int], 
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def run(p: TokenizeParams, corpus: Path = CORPUS, task: Path = TASK, out: Path = OUT, metrics_path: Path = METRICS) -> dict:
+def run(
+    p: TokenizeParams, corpus: Path = CORPUS, task: Path = TASK, out: Path = OUT, metrics_path: Path = METRICS
+) -> dict:
     from datasets import Dataset, DatasetDict, load_from_disk
 
     docs = load_from_disk(str(corpus))

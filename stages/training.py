@@ -94,9 +94,10 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, fp: str,
     )
     (tmp / "checkpoint.json").write_text(json.dumps({"step": step, "fingerprint": fp, **(extra or {})}))
     old = path.with_name(path.name + ".old")
-    if path.exists():
+    if path.exists():  # `path` is complete, so an `.old` beside it is a leftover of a kill during its removal
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
-    os.replace(tmp, path)
+    os.replace(tmp, path)  # a kill before this line leaves `.old`, which load_checkpoint falls back to
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -76,14 +76,20 @@ def project_files() -> list[str]:
     """The files of this project as git sees them (tracked, and new but not ignored)."""
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True)
     # the results of this checkout's own run stay behind: the copy makes its own
-    return [f for f in out.stdout.splitlines() if (ROOT / f).is_file() and not f.startswith(("metrics/", "reports/", "dvc.lock"))]
+    return [
+        f
+        for f in out.stdout.splitlines()
+        if (ROOT / f).is_file() and not f.startswith(("metrics/", "reports/", "dvc.lock"))
+    ]
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if check and proc.returncode:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

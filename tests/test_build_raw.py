@@ -60,7 +60,11 @@ def test_no_glued_words_or_markup_remain(bibles):
     # A lower-case letter followed by an upper-case one inside a word is how a glued join looks
     # ('Godcreated' has none, so also check the words a footnote used to split in the WEB).
     for name, rows in bibles.items():
-        joins = [(r["book"], r["chapter"], r["verse"], w) for r in rows for w in re.findall(r"\w*[a-zá-ú][A-ZÁ-Ú]\w*", r["text"])]
+        joins = [
+            (r["book"], r["chapter"], r["verse"], w)
+            for r in rows
+            for w in re.findall(r"\w*[a-zá-ú][A-ZÁ-Ú]\w*", r["text"])
+        ]
         assert joins == [], f"{name}: glued words {joins[:5]}"
         leftovers = [r for r in rows if re.search(r"[<>¶]|\s{2}", r["text"]) or len(r["text"]) > 1000]
         assert leftovers == [], f"{name}: markup or double spaces left in {leftovers[:3]}"

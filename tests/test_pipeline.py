@@ -28,7 +28,12 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_project):
         assert len(r["per_class_f1"]) == 7
     assert metrics["runs"]["lora"]["trainable_params"] < 0.2 * metrics["runs"]["full"]["trainable_params"]
     assert "| lora |" in (tiny_project / "reports/evaluate.md").read_text()
-    for out in ("models/4_pretrain/model.safetensors", "models/5_translate", "data/6_augment", "models/7_finetune/lora/adapter_config.json"):
+    for out in (
+        "models/4_pretrain/model.safetensors",
+        "models/5_translate",
+        "data/6_augment",
+        "models/7_finetune/lora/adapter_config.json",
+    ):
         assert (tiny_project / out).exists(), out
     assert not (tiny_project / "checkpoints/pretrain").exists()
     shown = run(["dvc", "metrics", "show", "--json"], tiny_project).stdout

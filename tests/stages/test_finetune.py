@@ -36,7 +36,9 @@ def workspace(tmp_path_factory):
     texts = list(VERSES.values()) * 30
     tok = train_tokenizer(texts, vocab_size=300, min_frequency=1)
     tok.save_pretrained(root / "tokenizer")
-    pre = dataclasses.replace(load_params("pretrain", PretrainParams, ROOT / "params.yaml"), n_layer=2, n_embd=32, n_head=2)
+    pre = dataclasses.replace(
+        load_params("pretrain", PretrainParams, ROOT / "params.yaml"), n_layer=2, n_embd=32, n_head=2
+    )
     model = build_model(pre, tok, 64)
     model.save_pretrained(root / "pretrained")
     tok.save_pretrained(root / "pretrained")
@@ -88,8 +90,10 @@ def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):
     out = tmp_path / "runs"
     infos = {}
     for name, r in runs.items():
-        infos[name] = finetune_run(name, t, r, task_dir=workspace / "task", tokenizer_dir=workspace / "tokenizer",
-                                   pretrained=workspace / "pretrained", augment_dir=workspace / "augment", out=out)  # fmt: skip
+        paths = {"task_dir": workspace / "task", "tokenizer_dir": workspace / "tokenizer", "out": out}
+        infos[name] = finetune_run(
+            name, t, r, pretrained=workspace / "pretrained", augment_dir=workspace / "augment", **paths
+        )
     assert (out / "lora/adapter_config.json").exists() and (out / "lora/adapter_model.safetensors").exists()
     assert (out / "full/body/model.safetensors").exists() and (out / "full/head.safetensors").exists()
     assert infos["full_bt"]["train_examples"] == infos["full"]["train_examples"] + 1
@@ -98,7 +102,7 @@ def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):
     model = load_classifier(out / "lora")
     seqs = [r for r in Dataset.load_from_disk(str(workspace / "task/test"))["input_ids"]]
     preds = predict(model, seqs, 1, 8)
-    accuracy = sum(p == y for p, y in zip(preds, [i // 4 for i in range(28)])) / 28
+    accuracy = sum(p == y for p, y in zip(preds, [i // 4 for i in range(28)], strict=True)) / 28
     assert accuracy == pytest.approx(json.loads((out / "lora/meta.json").read_text())["counts"]["best_val_accuracy"])
 
     metrics = evaluate_run(EvaluateParams(batch_size=8, split="test"), list(runs), task_dir=workspace / "task",

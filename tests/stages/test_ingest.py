@@ -33,17 +33,17 @@ def test_heldout_chapters_appear_nowhere_in_training_data(ingested):
     heldout = {ch for ch, s in split.items() if s != "train"}
     assert heldout, "no held-out chapters"
     corpus = load_from_disk(str(out / "corpus"))
-    assert {f"{b}.{c}" for b, c in zip(corpus["book"], corpus["chapter"])} & heldout == set()
+    assert {f"{b}.{c}" for b, c in zip(corpus["book"], corpus["chapter"], strict=True)} & heldout == set()
     assert set(corpus["translation"]) == set(p.corpus_translations)  # every translation checked, not just one
     parallel = load_from_disk(str(out / "parallel"))
     for name in ("train", "validation"):
-        chapters = {f"{b}.{c}" for b, c in zip(parallel[name]["book"], parallel[name]["chapter"])}
+        chapters = {f"{b}.{c}" for b, c in zip(parallel[name]["book"], parallel[name]["chapter"], strict=True)}
         assert chapters & heldout == set(), name
     task = load_from_disk(str(out / "task"))
     for name in ("train", "pool"):
-        assert {f"{b}.{c}" for b, c in zip(task[name]["book"], task[name]["chapter"])} & heldout == set()
+        assert {f"{b}.{c}" for b, c in zip(task[name]["book"], task[name]["chapter"], strict=True)} & heldout == set()
     for name in ("validation", "test"):
-        assert {split[f"{b}.{c}"] for b, c in zip(task[name]["book"], task[name]["chapter"])} == {name}
+        assert {split[f"{b}.{c}"] for b, c in zip(task[name]["book"], task[name]["chapter"], strict=True)} == {name}
     # held-out text itself, in any translation, is absent from the corpus, unless the same verse also stands in a
     # training chapter (the Bible repeats some verses word for word: Exodus 26 and 36)
     rows = [r for name in p.corpus_translations for r in read_raw(ROOT / f"data/raw/{name}.jsonl.gz")]
@@ -74,7 +74,12 @@ def test_split_is_deterministic_and_follows_the_seed(tmp_path, ingested):
     again = run(p, raw=ROOT / "data/raw", out=tmp_path / "a", metrics_path=tmp_path / "a.json")
     assert (tmp_path / "a/splits.json").read_text() == (out / "splits.json").read_text()
     assert again == ingested[2]
-    run(dataclasses.replace(p, seed=p.seed + 1), raw=ROOT / "data/raw", out=tmp_path / "b", metrics_path=tmp_path / "b.json")
+    run(
+        dataclasses.replace(p, seed=p.seed + 1),
+        raw=ROOT / "data/raw",
+        out=tmp_path / "b",
+        metrics_path=tmp_path / "b.json",
+    )
     assert (tmp_path / "b/splits.json").read_text() != (out / "splits.json").read_text()
 
 

@@ -38,7 +38,12 @@ def blocks_dir(tmp_path_factory):
     tok = train_tokenizer(texts, vocab_size=300, min_frequency=2)
     ids = tok(texts, add_special_tokens=False)["input_ids"]
     blocks = pack(ids, 16, tok.eos_token_id)
-    DatasetDict({"train": Dataset.from_dict({"input_ids": blocks[20:]}), "validation": Dataset.from_dict({"input_ids": blocks[:20]})}).save_to_disk(root / "blocks")
+    DatasetDict(
+        {
+            "train": Dataset.from_dict({"input_ids": blocks[20:]}),
+            "validation": Dataset.from_dict({"input_ids": blocks[:20]}),
+        }
+    ).save_to_disk(root / "blocks")
     tok.save_pretrained(root / "tokenizer")
     return root
 

@@ -19,7 +19,9 @@ def tokenizer():
     return train_tokenizer(TEXTS, vocab_size=400, min_frequency=2)
 
 
-@pytest.mark.parametrize("text", ["", "a", "God created", "naïve café — “quoted” ‘x’ 日本語 🙂", "\n\n  spaced  \t", "x" * 5000])
+@pytest.mark.parametrize(
+    "text", ["", "a", "God created", "naïve café — “quoted” ‘x’ 日本語 🙂", "\n\n  spaced  \t", "x" * 5000]
+)
 def test_round_trip(tokenizer, text):
     assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
 

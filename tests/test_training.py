@@ -1,0 +1,46 @@
+"""Checkpoints survive a kill at any point of their own writing."""
+
+import shutil
+
+import pytest
+import torch
+
+from stages.training import load_checkpoint, save_checkpoint
+
+
+def parts(seed):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return model, opt, sched
+
+
+def saved(path, step, seed=0):
+    model, opt, sched = parts(seed)
+    save_checkpoint(path, model, opt, sched, step, "fp")
+    return model
+
+
+@pytest.mark.parametrize("leftover", ["old_beside_new", "only_old", "tmp_half_written"])
+def test_a_kill_inside_save_leaves_a_resumable_checkpoint(tmp_path, leftover):
+    ckpt = tmp_path / "ckpt"
+    first = saved(ckpt, 1, seed=1)
+    old, tmp = tmp_path / "ckpt.old", tmp_path / "ckpt.tmp"
+    if leftover == "old_beside_new":  # killed while removing `.old` after the second rename
+        shutil.copytree(ckpt, old)
+    elif leftover == "only_old":  # killed between the two renames
+        ckpt.rename(old)
+    else:  # killed while writing the temp folder
+        tmp.mkdir()
+        (tmp / "model.safetensors").write_bytes(b"trunc")
+
+    model, opt, sched = parts(seed=2)
+    assert load_checkpoint(ckpt, model, opt, sched, "fp")["step"] == 1
+    assert torch.equal(model.weight, first.weight)
+
+    second = saved(ckpt, 2, seed=3)  # the next save succeeds and clears every leftover
+    assert not old.exists() and not tmp.exists()
+    model, opt, sched = parts(seed=4)
+    assert load_checkpoint(ckpt, model, opt, sched, "fp")["step"] == 2
+    assert torch.equal(model.weight, second.weight)
