@@ -9,7 +9,6 @@ import os
 import platform
 import random
 import shutil
-import subprocess
 import sys
 import types
 import typing
@@ -151,16 +150,17 @@ class atomic_dir:
         return False
 
 
-def git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+# Measurements of one execution (time, throughput, memory): they vary from run to run, so they go to metrics and
+# never into an artifact, which keeps the artifacts of the same inputs and params byte-identical (and their
+# dvc.lock hashes equal) from one run to the next.
+MEASURED = frozenset({"train_seconds", "seconds", "tokens_per_second", "sentences_per_second", "peak_memory_mb"})
 
 
 def meta(params, /, **counts) -> dict:
-    """What an artifact's meta.json holds: params used, git revision, counts, library versions."""
+    """What an artifact's meta.json holds: params used, counts (measurements left out), library versions.
+
+    No git revision: the commit that holds dvc.lock records where an artifact came from.
+    """
     import importlib.metadata as md
 
     versions = {}
@@ -171,8 +171,7 @@ def meta(params, /, **counts) -> dict:
             pass
     return {
         "params": dataclasses.asdict(params) if dataclasses.is_dataclass(params) else params,
-        "git_revision": git_revision(),
-        "counts": counts,
+        "counts": {k: v for k, v in counts.items() if k not in MEASURED},
         "python": platform.python_version(),
         "versions": versions,
     }

@@ -1,6 +1,7 @@
 """evaluate: every fine-tuning run on the held-out test verses, through the repo's `evaluate` metric modules.
 
-Reads  models/7_finetune/<run> for each run in finetune.runs, data/3_tokenize/task (test split)
+Reads  models/7_finetune/<run> and metrics/finetune/<run>.json for each run in finetune.runs,
+       data/3_tokenize/task (test split)
 Writes metrics/evaluate.json  {"runs": {"<run>": {"accuracy", "macro_f1", "per_class_f1", "trainable_params",
                               "trainable_share", "train_seconds", ...}}}
        reports/evaluate.md    the table, and each claim of the field stated as measured
@@ -21,6 +22,7 @@ from stages.common import load_params, write_json, write_text
 
 TASK = Path("data/3_tokenize/task")
 MODELS = Path("models/7_finetune")
+FINETUNE_METRICS = Path("metrics/finetune")
 METRIC_MODULES = Path("metric_modules")
 METRICS = Path("metrics/evaluate.json")
 REPORT = Path("reports/evaluate.md")
@@ -94,7 +96,8 @@ def report(runs: dict, split: str, n: int) -> str:
 
 
 def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: Path = MODELS,
-        metrics_path: Path = METRICS, report_path: Path = REPORT) -> dict:  # fmt: skip
+        metrics_path: Path = METRICS, report_path: Path = REPORT,
+        finetune_metrics: Path = FINETUNE_METRICS) -> dict:  # fmt: skip
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
@@ -107,7 +110,7 @@ def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: 
     runs = {}
     for name in run_names:
         path = models / name
-        info = json.loads((path / "meta.json").read_text())["counts"]
+        info = json.loads((finetune_metrics / f"{name}.json").read_text())
         model = load_classifier(path)
         pad_id = AutoTokenizer.from_pretrained(path).pad_token_id
         preds = predict(model, seqs, pad_id, p.batch_size)

@@ -5,7 +5,8 @@ Reads  data/3_tokenize/task (input_ids, label), data/3_tokenize/tokenizer, model
 Writes models/7_finetune/<run>   the best checkpoint on validation: body (save_pretrained) + head.safetensors,
                                  or for `method: lora` the adapter and head in PEFT's format, loaded onto
                                  models/4_pretrain; classifier.json says which;
-                                 meta.json with trainable parameters, train seconds, peak memory, the curve
+                                 meta.json with trainable parameters and the validation curve
+       metrics/finetune/<run>.json   the same counts plus train seconds and peak memory
 
     python -m stages.finetune full        # the run name is a key of finetune.runs
 
@@ -34,6 +35,7 @@ TOKENIZER = Path("data/3_tokenize/tokenizer")
 PRETRAINED = Path("models/4_pretrain")
 AUGMENT = Path("data/6_augment")
 OUT = Path("models/7_finetune")
+METRICS = Path("metrics/finetune")
 INITS = ("scratch", "pretrained")
 METHODS = ("full", "lora")
 
@@ -151,6 +153,13 @@ def save_classifier(model, path: Path, info: dict) -> None:
 
     if hasattr(model, "peft_config"):
         model.save_pretrained(path)
+        # PEFT keeps target_modules as a set and writes it in hash order: sort it so the same run saves the same bytes
+        config = json.loads((path / "adapter_config.json").read_text())
+        config = {
+            k: sorted(v) if k in ("target_modules", "modules_to_save") and isinstance(v, list) else v
+            for k, v in config.items()
+        }
+        write_json(config, path / "adapter_config.json")
     else:
         model.body.save_pretrained(path / "body")
         save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(path / "head.safetensors"))
@@ -242,7 +251,8 @@ def load_training_set(task, augment_dir: Path, tokenizer, max_length: int, augme
 
 
 def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenizer_dir: Path = TOKENIZER,
-        pretrained: Path = PRETRAINED, augment_dir: Path = AUGMENT, out: Path = OUT) -> dict:  # fmt: skip
+        pretrained: Path = PRETRAINED, augment_dir: Path = AUGMENT, out: Path = OUT,
+        metrics_dir: Path = METRICS) -> dict:  # fmt: skip
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
@@ -283,7 +293,9 @@ def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenize
         )
         tokenizer.save_pretrained(tmp)
         write_json(meta({"train": asdict(t), "run": asdict(r)}, **info), tmp / "meta.json")
-    return {k: v for k, v in info.items() if k != "curve"}
+    summary = {k: v for k, v in info.items() if k != "curve"}
+    write_json(summary, metrics_dir / f"{name}.json")  # with the measurements meta.json leaves out
+    return summary
 
 
 def main() -> None:

@@ -90,7 +90,12 @@ def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):
     out = tmp_path / "runs"
     infos = {}
     for name, r in runs.items():
-        paths = {"task_dir": workspace / "task", "tokenizer_dir": workspace / "tokenizer", "out": out}
+        paths = {
+            "task_dir": workspace / "task",
+            "tokenizer_dir": workspace / "tokenizer",
+            "out": out,
+            "metrics_dir": tmp_path / "metrics",
+        }
         infos[name] = finetune_run(
             name, t, r, pretrained=workspace / "pretrained", augment_dir=workspace / "augment", **paths
         )
@@ -106,7 +111,8 @@ def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):
     assert accuracy == pytest.approx(json.loads((out / "lora/meta.json").read_text())["counts"]["best_val_accuracy"])
 
     metrics = evaluate_run(EvaluateParams(batch_size=8, split="test"), list(runs), task_dir=workspace / "task",
-                           models=out, metrics_path=tmp_path / "e.json", report_path=tmp_path / "e.md")  # fmt: skip
+                           models=out, metrics_path=tmp_path / "e.json", report_path=tmp_path / "e.md",
+                           finetune_metrics=tmp_path / "metrics")  # fmt: skip
     assert set(metrics["runs"]) == set(runs)
     assert metrics["runs"]["lora"]["accuracy"] == pytest.approx(accuracy, abs=1e-4)  # rounded to 4 places
     assert "## The field's claims, as measured" in (tmp_path / "e.md").read_text()
