@@ -164,7 +164,7 @@ def meta(params, /, **counts) -> dict:
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ["torch", "transformers", "datasets", "tokenizers", "peft"]:
+    for pkg in ["torch", "transformers", "datasets", "tokenizers", "peft", "scikit-learn"]:
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -1,9 +1,11 @@
-"""evaluate: every fine-tuning run on the held-out test verses, through the repo's `evaluate` metric modules.
+"""evaluate: every fine-tuning and baseline run on the held-out test verses, through the repo's metric modules.
 
 Reads  models/7_finetune/<run> and metrics/finetune/<run>.json for each run in finetune.runs,
-       data/3_tokenize/task (test split)
+       models/7_baseline/<run> and metrics/baseline/<run>.json for each run in baseline.runs,
+       data/3_tokenize/task (test split: input_ids for the fine-tuned models, text for the baselines)
 Writes metrics/evaluate.json  {"runs": {"<run>": {"accuracy", "macro_f1", "per_class_f1", "trainable_params",
-                              "trainable_share", "train_seconds", ...}}}
+                              "trainable_share", "train_seconds", ...}}}; a baseline run adds "chosen" (its
+                              hyperparameters, picked on validation)
        reports/evaluate.md    the table, and each claim of the field stated as measured
 
     python -m stages.evaluate
@@ -23,6 +25,8 @@ from stages.common import load_params, write_json, write_text
 TASK = Path("data/3_tokenize/task")
 MODELS = Path("models/7_finetune")
 FINETUNE_METRICS = Path("metrics/finetune")
+BASELINES = Path("models/7_baseline")
+BASELINE_METRICS = Path("metrics/baseline")
 METRIC_MODULES = Path("metric_modules")
 METRICS = Path("metrics/evaluate.json")
 REPORT = Path("reports/evaluate.md")
@@ -71,6 +75,15 @@ def claims(runs: dict) -> list[str]:
         lines.append(f"- LoRA comes within 2 points of full fine-tuning with a fraction of the parameters: {verdict} "
                      f"(lora {acc('lora'):.1f}% vs full {acc('full'):.1f}%, {gap:+.1f} points, "
                      f"training {share:.2f}% of the parameters).")  # fmt: skip
+    for base, b in runs.items():  # baselines (init none) against the pre-trained runs on the same labels
+        pre = [n for n, r in runs.items() if r["init"] == "pretrained" and r["augmented"] == b["augmented"]]
+        if b["init"] != "none" or not pre:
+            continue
+        verdict = "holds" if all(acc(n) > acc(base) for n in pre) else "does NOT hold"
+        vs = ", ".join(f"{n} {acc(n):.1f}% ({acc(n) - acc(base):+.1f} points)" for n in pre)
+        lines.append(f"- Pre-trained fine-tuning beats a TF-IDF + logistic regression baseline on the same labels "
+                     f"({base}, {b['train_examples']} training verses): {verdict} "
+                     f"({base} {acc(base):.1f}% vs {vs}).")  # fmt: skip
     for name in runs:
         if name.endswith("_bt") and acc(name[:-3]) is not None:
             gap = acc(name) - acc(name[:-3])
@@ -87,6 +100,11 @@ def report(runs: dict, split: str, n: int) -> str:
         rows.append(f"| {name} | {r['init']} | {r['method']} | {r['augmented']} | {r['accuracy']:.4f} "
                     f"| {r['macro_f1']:.4f} | {r['trainable_params']:,} | {r['trainable_share']:.2%} "
                     f"| {r['train_seconds']} |")  # fmt: skip
+    chosen = [f"- {name}: C {r['chosen']['C']:g}, word n-grams {'-'.join(map(str, r['chosen']['ngram_range']))}, "
+              f"chosen on validation accuracy ({r['best_val_accuracy']:.4f}) from the grid in baseline.train"
+              for name, r in runs.items() if "chosen" in r]  # fmt: skip
+    if chosen:
+        rows += ["", "Baseline hyperparameters:", "", *chosen]
     return "\n".join([
         "# Evaluation", "",
         f"Verse -> genre of its book (7 classes), {n} {split} verses from chapters no stage trained on. "
@@ -96,27 +114,26 @@ def report(runs: dict, split: str, n: int) -> str:
 
 
 def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: Path = MODELS,
-        metrics_path: Path = METRICS, report_path: Path = REPORT,
-        finetune_metrics: Path = FINETUNE_METRICS) -> dict:  # fmt: skip
+        metrics_path: Path = METRICS, report_path: Path = REPORT, baseline_names: list[str] | None = None,
+        baselines: Path = BASELINES, finetune_metrics: Path = FINETUNE_METRICS,
+        baseline_metrics: Path = BASELINE_METRICS) -> dict:  # fmt: skip
     from datasets import load_from_disk
-    from transformers import AutoTokenizer
-
-    from stages.finetune import load_classifier, predict
 
     task = load_from_disk(str(task_dir))
     labels = task["train"].features["label"].names
     split = task[p.split]
-    seqs, refs = list(split["input_ids"]), list(split["label"])
+    refs = list(split["label"])
+    # each run's predictions, and the folder of its summary (metrics/<stage>/<run>.json, with the measurements)
+    predictions = {name: (finetune_metrics, predict_finetuned(models / name, split, p)) for name in run_names}
+    for name in baseline_names or []:
+        predictions[name] = (baseline_metrics, predict_baseline(baselines / name, split))
     runs = {}
-    for name in run_names:
-        path = models / name
-        info = json.loads((finetune_metrics / f"{name}.json").read_text())
-        model = load_classifier(path)
-        pad_id = AutoTokenizer.from_pretrained(path).pad_token_id
-        preds = predict(model, seqs, pad_id, p.batch_size)
-        keys = ("init", "method", "augmented", "trainable_params", "trainable_share", "train_seconds",
-                "peak_memory_mb", "train_examples", "best_val_accuracy")  # fmt: skip
-        runs[name] = {**score(preds, refs, labels), **{k: info[k] for k in keys}}
+    keys = ("init", "method", "augmented", "trainable_params", "trainable_share", "train_seconds",
+            "peak_memory_mb", "train_examples", "best_val_accuracy")  # fmt: skip
+    for name, (summaries, preds) in predictions.items():
+        info = json.loads((summaries / f"{name}.json").read_text())
+        chosen = {"chosen": info["chosen"]} if "chosen" in info else {}  # a baseline's hyperparameters
+        runs[name] = {**score(preds, refs, labels), **{k: info[k] for k in keys}, **chosen}
         print(f"{name}: accuracy {runs[name]['accuracy']:.4f}  macro-F1 {runs[name]['macro_f1']:.4f}", flush=True)
     metrics = {"split": p.split, "examples": len(refs), "runs": runs}
     write_json(metrics, metrics_path)
@@ -124,10 +141,28 @@ def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: 
     return metrics
 
 
+def predict_finetuned(path: Path, split, p: EvaluateParams) -> list[int]:
+    """A fine-tuning run's predictions for the split's token sequences."""
+    from transformers import AutoTokenizer
+
+    from stages.finetune import load_classifier, predict
+
+    pad_id = AutoTokenizer.from_pretrained(path).pad_token_id
+    return predict(load_classifier(path), list(split["input_ids"]), pad_id, p.batch_size)
+
+
+def predict_baseline(path: Path, split) -> list[int]:
+    """A baseline run's predictions for the split's raw verses (the same rows the fine-tuned models see)."""
+    from stages.baseline import load_baseline
+
+    return [int(y) for y in load_baseline(path).predict(list(split["text"]))]
+
+
 def main() -> None:
     with open("params.yaml") as f:
-        run_names = list(yaml.safe_load(f)["finetune"]["runs"])
-    metrics = run(load_params("evaluate", EvaluateParams), run_names)
+        params = yaml.safe_load(f)
+    run_names, baseline_names = list(params["finetune"]["runs"]), list(params["baseline"]["runs"])
+    metrics = run(load_params("evaluate", EvaluateParams), run_names, baseline_names=baseline_names)
     print(Path(REPORT).read_text())
     return metrics
 

@@ -17,23 +17,27 @@ def stages_run(output: str) -> list[str]:
 def test_repro_runs_every_stage_and_writes_every_output(tiny_project):
     lock = yaml.safe_load((tiny_project / "dvc.lock").read_text())["stages"]
     dvc = yaml.safe_load((tiny_project / "dvc.yaml").read_text())["stages"]
-    runs = yaml.safe_load((tiny_project / "params.yaml").read_text())["finetune"]["runs"]
-    expected = {name for name in dvc if name != "finetune"} | {f"finetune@{r}" for r in runs}
-    assert set(lock) == expected
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    runs, baselines = params["finetune"]["runs"], params["baseline"]["runs"]
+    expected = {name for name in dvc if name not in ("finetune", "baseline")}
+    assert set(lock) == expected | {f"finetune@{r}" for r in runs} | {f"baseline@{r}" for r in baselines}
     for gate in ("ingest", "clean", "tokenize", "augment"):
         assert json.loads((tiny_project / f"reports/gates/{gate}.json").read_text())["success"] is True
     metrics = json.loads((tiny_project / "metrics/evaluate.json").read_text())
-    assert set(metrics["runs"]) == set(runs)
+    assert set(metrics["runs"]) == set(runs) | set(baselines)
     for name, r in metrics["runs"].items():
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1, name
         assert len(r["per_class_f1"]) == 7
     assert metrics["runs"]["lora"]["trainable_params"] < 0.2 * metrics["runs"]["full"]["trainable_params"]
-    assert "| lora |" in (tiny_project / "reports/evaluate.md").read_text()
+    assert metrics["runs"]["tfidf"]["chosen"]["C"] in params["baseline"]["train"]["C"]
+    report = (tiny_project / "reports/evaluate.md").read_text()
+    assert "| lora |" in report and "| tfidf |" in report and "TF-IDF + logistic regression baseline" in report
     for out in (
         "models/4_pretrain/model.safetensors",
         "models/5_translate",
         "data/6_augment",
         "models/7_finetune/lora/adapter_config.json",
+        "models/7_baseline/tfidf_bt/model.safetensors",
     ):
         assert (tiny_project / out).exists(), out
     assert not (tiny_project / "checkpoints/pretrain").exists()
