@@ -1,8 +1,12 @@
 """The whole pipeline, the real config shrunk, through DVC in a temp git + DVC repo (a smoke run of every stage)."""
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import yaml
 
@@ -93,3 +97,30 @@ def test_a_rerun_from_a_clean_workspace_gives_identical_artifacts(tiny_project, 
             assert a == b, f"{stage}: {out['path']} differs beyond the measurements"
             measured += 1
     assert measured > 0  # the measurements do vary, so the comparison above was exercised
+
+
+def test_a_second_repro_while_one_runs_fails_clearly_and_harms_nothing(tiny_project, tmp_path):
+    """DVC's locks: the second `dvc repro` in the same workspace stops with a message naming the running one."""
+    project = tmp_path / "copy"
+    shutil.copytree(tiny_project, project, symlinks=True)
+
+    def model_hash():
+        outs = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["finetune@full"]["outs"]
+        return next(o["md5"] for o in outs if o["path"] == "models/7_finetune/full")
+
+    before = model_hash()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    first = subprocess.Popen(["dvc", "repro", "-f", "-s", "finetune@full"], cwd=project, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    for line in first.stdout:  # wait until it holds its locks and runs the stage
+        if "Running stage" in line:
+            break
+    second = run(["dvc", "repro"], project, check=False)
+    rest = first.stdout.read()
+    assert first.wait() == 0, rest
+    assert second.returncode != 0
+    assert "is busy, it is being blocked by" in second.stderr and "dvc repro -f -s finetune@full" in second.stderr
+    assert model_hash() == before  # the forced rerun reproduced the same model, byte for byte
+    # nothing half-done: only evaluate reruns, because the run's measured seconds changed, and then all is current
+    assert set(stages_run(run(["dvc", "repro"], project).stdout)) <= {"evaluate"}
+    assert stages_run(run(["dvc", "repro"], project).stdout) == []
