@@ -1,6 +1,8 @@
 """evaluate: every fine-tuning run on the held-out test verses, through the repo's `evaluate` metric modules.
 
-Reads  models/7_finetune/<run> for each run in finetune.runs, data/3_tokenize/task (test split)
+Reads  models/7_finetune/<run>/{predictions.jsonl,meta.json} for each run in finetune.runs (the predictions the
+       finetune stage wrote and the predictions gate passed: reports/gates/predictions.json),
+       data/3_tokenize/task (test split: the reference labels)
 Writes metrics/evaluate.json  {"runs": {"<run>": {"accuracy", "macro_f1", "per_class_f1", "trainable_params",
                               "trainable_share", "train_seconds", ...}}}
        reports/evaluate.md    the table, and each claim of the field stated as measured
@@ -17,23 +19,21 @@ from pathlib import Path
 
 import yaml
 
-from stages.common import load_params, write_json, write_text
+from stages.common import fail, load_params, write_json, write_text
 
 TASK = Path("data/3_tokenize/task")
 MODELS = Path("models/7_finetune")
 METRIC_MODULES = Path("metric_modules")
 METRICS = Path("metrics/evaluate.json")
 REPORT = Path("reports/evaluate.md")
+PREDICTIONS = "predictions.jsonl"  # in each run's folder, written by stages.finetune.write_predictions
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    batch_size: int
     split: str  # the split scored: test (validation only while developing)
 
     def validate(self):
-        if self.batch_size < 1:
-            yield f"batch_size: must be >= 1, got {self.batch_size}"
         if self.split not in ("test", "validation"):
             yield f"split: expected test or validation, got {self.split!r}"
 
@@ -48,6 +48,17 @@ def score(predictions: list[int], references: list[int], labels: list[str]) -> d
     )
     per_class = {labels[int(k)]: round(v, 4) for k, v in f1["per_class_f1"].items()}
     return {"accuracy": round(acc["accuracy"], 4), "macro_f1": round(f1["macro_f1"], 4), "per_class_f1": per_class}
+
+
+def aligned(records: list[dict], split: str, keys: list[tuple]) -> list[int]:
+    """The predicted labels of the split's verses, in the split's order; a verse without one fails.
+
+    records predicting 3 for test Gen 1:2 and 5 for test Gen 1:1, keys [("Gen", 1, 1), ("Gen", 1, 2)] -> [5, 3]
+    """
+    by_key = {(r["book"], r["chapter"], r["verse"]): r["prediction"] for r in records if r["split"] == split}
+    if missing := [k for k in keys if k not in by_key]:
+        fail(f"{len(missing)} {split} verse(s) without a prediction, e.g. {missing[0]}; rerun `dvc repro`")
+    return [by_key[k] for k in keys]
 
 
 def claims(runs: dict) -> list[str]:
@@ -96,21 +107,17 @@ def report(runs: dict, split: str, n: int) -> str:
 def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: Path = MODELS,
         metrics_path: Path = METRICS, report_path: Path = REPORT) -> dict:  # fmt: skip
     from datasets import load_from_disk
-    from transformers import AutoTokenizer
-
-    from stages.finetune import load_classifier, predict
 
     task = load_from_disk(str(task_dir))
     labels = task["train"].features["label"].names
     split = task[p.split]
-    seqs, refs = list(split["input_ids"]), list(split["label"])
+    verses, refs = list(zip(split["book"], split["chapter"], split["verse"], strict=True)), list(split["label"])
     runs = {}
     for name in run_names:
         path = models / name
         info = json.loads((path / "meta.json").read_text())["counts"]
-        model = load_classifier(path)
-        pad_id = AutoTokenizer.from_pretrained(path).pad_token_id
-        preds = predict(model, seqs, pad_id, p.batch_size)
+        records = [json.loads(line) for line in (path / PREDICTIONS).read_text().splitlines() if line.strip()]
+        preds = aligned(records, p.split, verses)
         keys = ("init", "method", "augmented", "trainable_params", "trainable_share", "train_seconds",
                 "peak_memory_mb", "train_examples", "best_val_accuracy")  # fmt: skip
         runs[name] = {**score(preds, refs, labels), **{k: info[k] for k in keys}}
