@@ -1,8 +1,9 @@
 """evaluate: every fine-tuning and baseline run on the held-out test verses, through the repo's metric modules.
 
-Reads  models/7_finetune/<run> and metrics/finetune/<run>.json for each run in finetune.runs,
+Reads  models/7_finetune/<run>/predictions.jsonl for each run in finetune.runs (the predictions the finetune
+       stage wrote and the predictions gate passed: reports/gates/predictions.json) and metrics/finetune/<run>.json,
        models/7_baseline/<run> and metrics/baseline/<run>.json for each run in baseline.runs,
-       data/3_tokenize/task (test split: input_ids for the fine-tuned models, text for the baselines)
+       data/3_tokenize/task (test split: the reference labels, and the text the baselines read)
 Writes metrics/evaluate.json  {"runs": {"<run>": {"accuracy", "macro_f1", "per_class_f1", "trainable_params",
                               "trainable_share", "train_seconds", ...}}}; a baseline run adds "chosen" (its
                               hyperparameters, picked on validation)
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.common import load_params, write_json, write_text
+from stages.common import fail, load_params, write_json, write_text
 
 TASK = Path("data/3_tokenize/task")
 MODELS = Path("models/7_finetune")
@@ -30,16 +31,14 @@ BASELINE_METRICS = Path("metrics/baseline")
 METRIC_MODULES = Path("metric_modules")
 METRICS = Path("metrics/evaluate.json")
 REPORT = Path("reports/evaluate.md")
+PREDICTIONS = "predictions.jsonl"  # in each run's folder, written by stages.finetune.write_predictions
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    batch_size: int
     split: str  # the split scored: test (validation only while developing)
 
     def validate(self):
-        if self.batch_size < 1:
-            yield f"batch_size: must be >= 1, got {self.batch_size}"
         if self.split not in ("test", "validation"):
             yield f"split: expected test or validation, got {self.split!r}"
 
@@ -54,6 +53,17 @@ def score(predictions: list[int], references: list[int], labels: list[str]) -> d
     )
     per_class = {labels[int(k)]: round(v, 4) for k, v in f1["per_class_f1"].items()}
     return {"accuracy": round(acc["accuracy"], 4), "macro_f1": round(f1["macro_f1"], 4), "per_class_f1": per_class}
+
+
+def aligned(records: list[dict], split: str, keys: list[tuple]) -> list[int]:
+    """The predicted labels of the split's verses, in the split's order; a verse without one fails.
+
+    records predicting 3 for test Gen 1:2 and 5 for test Gen 1:1, keys [("Gen", 1, 1), ("Gen", 1, 2)] -> [5, 3]
+    """
+    by_key = {(r["book"], r["chapter"], r["verse"]): r["prediction"] for r in records if r["split"] == split}
+    if missing := [k for k in keys if k not in by_key]:
+        fail(f"{len(missing)} {split} verse(s) without a prediction, e.g. {missing[0]}; rerun `dvc repro`")
+    return [by_key[k] for k in keys]
 
 
 def claims(runs: dict) -> list[str]:
@@ -122,9 +132,12 @@ def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: 
     task = load_from_disk(str(task_dir))
     labels = task["train"].features["label"].names
     split = task[p.split]
-    refs = list(split["label"])
+    verses, refs = list(zip(split["book"], split["chapter"], split["verse"], strict=True)), list(split["label"])
     # each run's predictions, and the folder of its summary (metrics/<stage>/<run>.json, with the measurements)
-    predictions = {name: (finetune_metrics, predict_finetuned(models / name, split, p)) for name in run_names}
+    predictions = {}
+    for name in run_names:
+        records = [json.loads(line) for line in (models / name / PREDICTIONS).read_text().splitlines() if line.strip()]
+        predictions[name] = (finetune_metrics, aligned(records, p.split, verses))
     for name in baseline_names or []:
         predictions[name] = (baseline_metrics, predict_baseline(baselines / name, split))
     runs = {}
@@ -139,16 +152,6 @@ def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: 
     write_json(metrics, metrics_path)
     write_text(report(runs, p.split, len(refs)), report_path)
     return metrics
-
-
-def predict_finetuned(path: Path, split, p: EvaluateParams) -> list[int]:
-    """A fine-tuning run's predictions for the split's token sequences."""
-    from transformers import AutoTokenizer
-
-    from stages.finetune import load_classifier, predict
-
-    pad_id = AutoTokenizer.from_pretrained(path).pad_token_id
-    return predict(load_classifier(path), list(split["input_ids"]), pad_id, p.batch_size)
 
 
 def predict_baseline(path: Path, split) -> list[int]:

@@ -5,7 +5,9 @@ Reads  data/3_tokenize/task (input_ids, label), data/3_tokenize/tokenizer, model
 Writes models/7_finetune/<run>   the best checkpoint on validation: body (save_pretrained) + head.safetensors,
                                  or for `method: lora` the adapter and head in PEFT's format, loaded onto
                                  models/4_pretrain; classifier.json says which;
-                                 meta.json with trainable parameters and the validation curve
+                                 meta.json with trainable parameters and the validation curve;
+                                 predictions.jsonl: its label for every validation and test verse (gated, then
+                                 scored by evaluate)
        metrics/finetune/<run>.json   the same counts plus train seconds and peak memory
 
     python -m stages.finetune full        # the run name is a key of finetune.runs
@@ -281,6 +283,7 @@ def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenize
         "best_val_accuracy": max(c["val_accuracy"] for c in curve), "curve": curve,
     }  # fmt: skip
     with atomic_dir(out / name) as tmp:
+        write_predictions(model, task, tokenizer.pad_token_id, t.eval_batch_size, tmp / "predictions.jsonl")
         save_classifier(
             model.cpu(),
             tmp,
@@ -296,6 +299,21 @@ def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenize
     summary = {k: v for k, v in info.items() if k != "curve"}
     write_json(summary, metrics_dir / f"{name}.json")  # with the measurements meta.json leaves out
     return summary
+
+
+def write_predictions(model, task, pad_id: int, batch_size: int, path: Path) -> None:
+    """The best checkpoint's label for every validation and test verse, one JSON line each, keyed by the verse:
+    {"split": "test", "book": "Rom", "chapter": 3, "verse": 23, "prediction": 5}. The predictions gate checks them;
+    evaluate scores them."""
+    lines = []
+    for split in ("validation", "test"):
+        rows = task[split]
+        preds = predict(model, list(rows["input_ids"]), pad_id, batch_size)
+        keys = zip(rows["book"], rows["chapter"], rows["verse"], preds, strict=True)
+        lines += [
+            json.dumps({"split": split, "book": b, "chapter": c, "verse": v, "prediction": y}) for b, c, v, y in keys
+        ]
+    path.write_text("".join(f"{line}\n" for line in lines))
 
 
 def main() -> None:

@@ -51,6 +51,7 @@ TINY = {
     "augment.max_length": 24,
     "finetune.train.epochs": 2,
     "finetune.train.patience": 1,
+    "gate.predictions.max_class_share": 1.0,  # a 2-epoch toy model may well predict one genre for everything
 }
 
 
@@ -107,6 +108,23 @@ def make_project(dest: Path, overrides: dict | None = None) -> Path:
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "tiny project"], dest)
     return dest
+
+
+FAULT_ROWS = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def fault_matrix(request) -> list[dict]:
+    """Where the gate fault tests record one row each; the rows are printed at the end of the run."""
+    return request.config.stash.setdefault(FAULT_ROWS, [])
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The fault matrix of the faults that ran (tests/fault_matrix.py), after pytest's own summary."""
+    if rows := config.stash.get(FAULT_ROWS, []):
+        from tests.fault_matrix import report
+
+        report(rows, terminalreporter.write_line)
 
 
 @pytest.fixture(scope="session")

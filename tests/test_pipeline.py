@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from datasets import load_from_disk
 
 from stages.common import MEASURED
 from tests.conftest import run
@@ -25,8 +26,12 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_project):
     runs, baselines = params["finetune"]["runs"], params["baseline"]["runs"]
     expected = {name for name in dvc if name not in ("finetune", "baseline")}
     assert set(lock) == expected | {f"finetune@{r}" for r in runs} | {f"baseline@{r}" for r in baselines}
-    for gate in ("ingest", "clean", "tokenize", "augment"):
+    for gate in ("raw", "ingest", "clean", "tokenize", "augment", "predictions"):
         assert json.loads((tiny_project / f"reports/gates/{gate}.json").read_text())["success"] is True
+    task = load_from_disk(str(tiny_project / "data/3_tokenize/task"))
+    for name in runs:  # one prediction per validation and test verse, as the predictions gate checked
+        lines = (tiny_project / f"models/7_finetune/{name}/predictions.jsonl").read_text().splitlines()
+        assert len(lines) == len(task["validation"]) + len(task["test"]), name
     metrics = json.loads((tiny_project / "metrics/evaluate.json").read_text())
     assert set(metrics["runs"]) == set(runs) | set(baselines)
     for name, r in metrics["runs"].items():
@@ -55,14 +60,14 @@ def test_second_repro_is_a_no_op(tiny_project):
     assert "up to date" in out
 
 
-def test_changing_a_finetune_param_reruns_only_finetune_and_evaluate(tiny_project, tmp_path):
+def test_changing_a_finetune_param_reruns_only_finetune_its_gate_and_evaluate(tiny_project, tmp_path):
     project = tmp_path / "copy"
     shutil.copytree(tiny_project, project, symlinks=True)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["finetune"]["train"]["epochs"] += 1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = stages_run(run(["dvc", "repro"], project).stdout)
-    assert set(ran) == {f"finetune@{r}" for r in params["finetune"]["runs"]} | {"evaluate"}
+    assert set(ran) == {f"finetune@{r}" for r in params["finetune"]["runs"]} | {"gate_predictions", "evaluate"}
 
 
 def without_measurements(path):

@@ -36,7 +36,12 @@ P = BaselineParams(C=[1.0, 10.0], ngram_ranges=[[1, 1], [1, 2]], sublinear_tf=Tr
 
 
 def rows(suffixes):
-    return [{"text": t + s, "label": y} for y, t in VERSES.items() for s in suffixes]
+    """One verse per genre and suffix, keyed like the real task (book, chapter, verse)."""
+    return [
+        {"book": f"B{y}", "chapter": 1, "verse": i + 1, "text": t + s, "label": y}
+        for y, t in VERSES.items()
+        for i, s in enumerate(suffixes)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +127,7 @@ def test_runs_record_their_choice_and_evaluate_scores_them(workspace, tmp_path):
     test = Dataset.load_from_disk(str(workspace / "task/test"))
     preds = predict_baseline(out / "tfidf", test)
     assert len(preds) == len(test) == 21 and set(preds) <= set(range(7))
-    metrics = evaluate_run(EvaluateParams(batch_size=8, split="test"), [], task_dir=workspace / "task",
+    metrics = evaluate_run(EvaluateParams(split="test"), [], task_dir=workspace / "task",
                            metrics_path=tmp_path / "e.json", report_path=tmp_path / "e.md",
                            baseline_names=["tfidf", "tfidf_bt"], baselines=out,
                            baseline_metrics=tmp_path / "metrics")  # fmt: skip

@@ -8,6 +8,7 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict
 
+from stages import gate
 from stages.common import load_params
 from stages.evaluate import EvaluateParams
 from stages.evaluate import run as evaluate_run
@@ -15,6 +16,7 @@ from stages.finetune import LoraParams, RunParams, TrainParams, build_classifier
 from stages.finetune import run as finetune_run
 from stages.ingest import LABELS
 from stages.pretrain import PretrainParams, build_model
+from stages.suites import PredictionsGateParams
 from stages.tokenize import train_tokenizer
 from stages.training import count_params
 
@@ -44,6 +46,7 @@ def workspace(tmp_path_factory):
     tok.save_pretrained(root / "pretrained")
     (root / "pretrained/meta.json").write_text(json.dumps({"params": dataclasses.asdict(pre)}))
     rows = [{"input_ids": tok.encode(t + s), "label": y} for y, t in VERSES.items() for s in ("", ".", "!", " now")]
+    rows = [{**r, "book": "Gen", "chapter": 1, "verse": i + 1} for i, r in enumerate(rows)]  # the verse key
     split = Dataset.from_list(rows).cast_column("label", ClassLabel(names=LABELS))
     DatasetDict({"train": split, "validation": split, "test": split}).save_to_disk(root / "task")
     Dataset.from_list([{"text": VERSES[0] + " again", "label": 0}]).save_to_disk(root / "augment")
@@ -110,7 +113,11 @@ def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):
     accuracy = sum(p == y for p, y in zip(preds, [i // 4 for i in range(28)], strict=True)) / 28
     assert accuracy == pytest.approx(json.loads((out / "lora/meta.json").read_text())["counts"]["best_val_accuracy"])
 
-    metrics = evaluate_run(EvaluateParams(batch_size=8, split="test"), list(runs), task_dir=workspace / "task",
+    # each run's predictions.jsonl passes the predictions gate, and evaluate scores it
+    summary = gate.check("predictions", PredictionsGateParams(max_class_share=1.0), runs=list(runs), models=out,
+                         task=workspace / "task")  # fmt: skip
+    assert summary["success"], gate.failure_message(summary)
+    metrics = evaluate_run(EvaluateParams(split="test"), list(runs), task_dir=workspace / "task",
                            models=out, metrics_path=tmp_path / "e.json", report_path=tmp_path / "e.md",
                            finetune_metrics=tmp_path / "metrics")  # fmt: skip
     assert set(metrics["runs"]) == set(runs)

@@ -3,6 +3,7 @@
 import dataclasses
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from datasets import Dataset, load_from_disk
 from transformers import AutoTokenizer
 
-from stages import clean, gate, ingest, tokenize
+from stages import clean, gate, ingest, suites, tokenize
 from stages.common import load_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,14 +22,19 @@ PARAMS = ROOT / "params.yaml"
 # bundled WEB, Rev 22:21 carries the translation's whole glossary, which the ingest gate rejects (as it should).
 BOOKS = {"Lev", "Ezra", "Neh", "Eccl", "Song", "Hos", "Joel", "Amos", "Mark", "Rom", "Dan"}
 AUGMENT_COLUMNS = ["text", "label", "source_text", "book", "chapter", "verse"]
-PATHS = {  # where each gate finds its artifact under a data folder laid out like data/
+RUNS = ["full", "lora"]  # fine-tuning runs whose predictions the fixture writes
+PATHS = {  # where each gate finds its artifact under a data folder laid out like data/ (7_finetune: models/)
+    "raw": lambda d: {"root": d / "raw"},
     "ingest": lambda d: {"root": d / "1_ingest"},
     "clean": lambda d: {"corpus": d / "2_clean" / "corpus"},
     "tokenize": lambda d: {"root": d / "3_tokenize"},
     "augment": lambda d: {"augment": d / "6_augment", "task": d / "1_ingest" / "task"},
+    "predictions": lambda d: {"models": d / "7_finetune", "task": d / "3_tokenize" / "task", "runs": RUNS},
 }
+FOLDERS = ["raw", "1_ingest", "2_clean", "3_tokenize", "6_augment", "7_finetune"]
 IN_SET, BETWEEN = "expect_column_values_to_be_in_set", "expect_column_values_to_be_between"
 LENGTHS, NOT_NULL = "expect_column_value_lengths_to_be_between", "expect_column_values_to_not_be_null"
+ROW_COUNT, UNIQUE = "expect_table_row_count_to_equal", "expect_compound_columns_to_be_unique"
 
 
 def paraphrase(text: str) -> str:
@@ -39,7 +45,7 @@ def paraphrase(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """A data/ folder from the real stages on a few books: ingest, clean, tokenize; augment made by hand."""
+    """A data/ folder from the real stages on a few books: ingest, clean, tokenize; augment and predictions by hand."""
     d = tmp_path_factory.mktemp("data")
     (d / "raw").mkdir()
     for name in ("web", "kjv", "sparv"):
@@ -55,6 +61,11 @@ def data(tmp_path_factory) -> Path:
     train = load_from_disk(str(d / "1_ingest/task/train")).to_pandas()
     augmented = train.assign(source_text=train["text"], text=train["text"].map(paraphrase))[AUGMENT_COLUMNS]
     Dataset.from_pandas(augmented, preserve_index=False).save_to_disk(str(d / "6_augment"))
+    for run in RUNS:  # every held-out verse predicted right, as stages.finetune.write_predictions writes them
+        held_out = [rows_of(d, f"3_tokenize/task/{s}").assign(split=s) for s in suites.HELD_OUT]
+        predictions = pd.concat(held_out).rename(columns={"label": "prediction"})
+        columns = ["split", *suites.VERSE_KEY, "prediction"]
+        write_table(predictions[columns], d / "7_finetune" / run / "predictions.jsonl")
     return d
 
 
@@ -70,19 +81,44 @@ def failed(summary: dict) -> set[tuple[str, str, str]]:
     return {(e["table"], e["expectation"], e["column"]) for e in summary["expectations"] if not e["success"]}
 
 
+def read_table(path: Path) -> pd.DataFrame:
+    """A dataset folder, a gzipped JSON-lines raw file or a JSON-lines predictions file, as a DataFrame."""
+    if path.name.endswith(".jsonl.gz"):
+        return pd.DataFrame(ingest.read_raw(path))
+    if path.suffix == ".jsonl":
+        return suites.read_predictions(path)
+    return load_from_disk(str(path)).to_pandas()
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    """The inverse of read_table, in the format the path's name says."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(r) + "\n" for r in json.loads(df.to_json(orient="records")))
+    if path.name.endswith(".jsonl.gz"):
+        with gzip.open(path, "wt") as f:
+            f.write(lines)
+    elif path.suffix == ".jsonl":
+        path.write_text(lines)
+    else:
+        shutil.rmtree(path)
+        Dataset.from_pandas(df.reset_index(drop=True), preserve_index=False).save_to_disk(str(path))
+
+
+def home(folder: str) -> str:
+    """Where a fixture folder lives in the project: '7_finetune' -> 'models/7_finetune', 'raw' -> 'data/raw'."""
+    return f"{'models' if folder == '7_finetune' else 'data'}/{folder}"
+
+
 def with_fault(data: Path, tmp: Path, folder: str, part: str, fault) -> Path:
-    """A copy of data/ whose dataset folder/part went through fault(DataFrame, data) -> DataFrame."""
+    """A copy of data/ whose folder/part (a dataset or a JSON-lines file) went through fault(DataFrame, data)."""
     d = tmp / "data"
     d.mkdir()
-    for name in ("1_ingest", "2_clean", "3_tokenize", "6_augment"):
+    for name in FOLDERS:
         if name == folder:
             shutil.copytree(data / name, d / name)
         else:
             (d / name).symlink_to(data / name)
-    target = d / folder / part
-    df = fault(load_from_disk(str(data / folder / part)).to_pandas(), data)
-    shutil.rmtree(target)
-    Dataset.from_pandas(df.reset_index(drop=True), preserve_index=False).save_to_disk(str(target))
+    write_table(fault(read_table(data / folder / part), data), d / folder / part)
     return d
 
 
@@ -126,8 +162,47 @@ def padding_block(df: pd.DataFrame, data: Path) -> pd.DataFrame:
 
 GLOSSARY = " The following words used in the World English Bible are not very common." * 30
 
+
+def wrong_split(df: pd.DataFrame, data: Path) -> pd.DataFrame:
+    """The test predictions made on the validation verses instead (still labelled test)."""
+    validation = df[df["split"] == "validation"]
+    return pd.concat([validation, validation.assign(split="test")])
+
+
+GLUED = "And God said, Let there be light: and there was lightAnd God saw the light, that it was good."
+
 FAULTS = {
-    # name: (gate, folder, dataset, fault(df, data), expected failures)
+    # name: (gate, folder, dataset or file, fault(df, data), expected failures)
+    "duplicated_verse": (
+        "raw", "raw", "web.jsonl.gz",
+        lambda df, _: pd.concat([df, df.head(1)]),
+        {("raw.web", UNIQUE, "book, chapter, verse")},
+    ),
+    "glossary_glued_onto_verse": (
+        "raw", "raw", "web.jsonl.gz",
+        lambda df, _: set_cell(df, "text", df["text"][0] + GLOSSARY),
+        {("raw.web", LENGTHS, "text")},
+    ),
+    "glued_words": (
+        "raw", "raw", "kjv.jsonl.gz",
+        lambda df, _: set_cell(df, "text", GLUED),
+        {("raw.kjv", "expect_column_values_to_not_match_regex", "text")},
+    ),
+    "empty_verse": (
+        "raw", "raw", "sparv.jsonl.gz",
+        lambda df, _: set_cell(df, "text", ""),
+        {("raw.sparv", LENGTHS, "text")},
+    ),
+    "missing_text": (
+        "raw", "raw", "web.jsonl.gz",
+        lambda df, _: set_cell(df, "text", None),
+        {("raw.web", NOT_NULL, "text")},
+    ),
+    "apocryphal_book": (
+        "raw", "raw", "kjv.jsonl.gz",
+        lambda df, _: set_cell(df, "book", "Tob"),
+        {("raw.kjv", IN_SET, "book")},
+    ),
     "unknown_label": (
         "ingest", "1_ingest", "task/train",
         lambda df, _: set_cell(df, "label", len(ingest.LABELS)),
@@ -193,6 +268,11 @@ FAULTS = {
         padding_block,
         {("blocks.validation", BETWEEN, "pad_fraction")},
     ),
+    "half_the_blocks_lost": (
+        "tokenize", "3_tokenize", "blocks/train",
+        lambda df, _: df.head(len(df) // 2),
+        {("blocks.train", ROW_COUNT, None), ("blocks.tokens", BETWEEN, "block_token_ratio")},
+    ),
     "empty_task_sequence": (
         "tokenize", "3_tokenize", "task/train",
         lambda df, _: set_cell(df, "input_ids", []),
@@ -225,6 +305,32 @@ FAULTS = {
         {("augment", NOT_NULL, "source_label"), ("augment", IN_SET, "label_matches_source"),
          ("augment", IN_SET, "chapter_split")},
     ),
+    "missing_prediction": (
+        "predictions", "7_finetune", "full/predictions.jsonl",
+        lambda df, _: df.drop(index=df.index[df["split"] == "test"][0]),
+        {("full.predictions", ROW_COUNT, None), ("full.coverage", IN_SET, "predicted")},
+    ),
+    "duplicated_prediction": (
+        "predictions", "7_finetune", "lora/predictions.jsonl",
+        lambda df, _: pd.concat([df, df.tail(1)]),
+        {("lora.predictions", ROW_COUNT, None), ("lora.predictions", UNIQUE, "split, book, chapter, verse")},
+    ),
+    "prediction_out_of_range": (
+        "predictions", "7_finetune", "full/predictions.jsonl",
+        lambda df, _: set_cell(df, "prediction", len(ingest.LABELS)),
+        {("full.predictions", IN_SET, "prediction")},
+    ),
+    "predictions_for_wrong_split": (
+        "predictions", "7_finetune", "full/predictions.jsonl",
+        wrong_split,
+        {("full.predictions", ROW_COUNT, None), ("full.predictions", IN_SET, "in_split"),
+         ("full.coverage", IN_SET, "predicted")},
+    ),
+    "one_genre_for_everything": (
+        "predictions", "7_finetune", "lora/predictions.jsonl",
+        lambda df, _: df.assign(prediction=0),
+        {("lora.class_share", BETWEEN, "share")},
+    ),
 }  # fmt: skip
 
 
@@ -236,9 +342,13 @@ def test_real_stage_output_passes(data, name):
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_fault_is_caught_by_its_expectation(data, tmp_path, fault):
+def test_fault_is_caught_by_its_expectation(data, tmp_path, fault, fault_matrix):
     name, folder, part, inject, expected = FAULTS[fault]
     summary = check(name, with_fault(data, tmp_path, folder, part, inject))
+    fault_matrix.append(
+        {"fault": fault, "gate": name, "artifact": f"{home(folder)}/{part}".rstrip("/"), "expected": sorted(expected,
+         key=str), "fired": sorted(failed(summary), key=str), "caught": not summary["success"], "of": len(FAULTS)}
+    )  # fmt: skip
     assert not summary["success"]
     assert failed(summary) == expected
     for e in summary["expectations"]:
@@ -297,13 +407,28 @@ def test_every_gate_section_of_params_yaml_loads():
 
 
 def test_derived_columns_textbook_cases():
-    assert gate.stopword_ratio("the law of Moses") == 0.5
-    assert gate.stopword_ratio("") == 0.0
-    counts = gate.per_class(pd.Series([0, 0, 2]))
+    assert suites.stopword_ratio("the law of Moses") == 0.5
+    assert suites.stopword_ratio("") == 0.0
+    counts = suites.per_class(pd.Series([0, 0, 2]))
     assert counts["count"].tolist() == [2, 0, 1, 0, 0, 0, 0] and counts["genre"][0] == ingest.LABELS[0]
-    cols = gate.id_columns(pd.Series([np.array([5, 1, 9]), np.array([], dtype=int)]), pad=1)
+    cols = suites.id_columns(pd.Series([np.array([5, 1, 9]), np.array([], dtype=int)]), pad=1)
     assert cols["n_ids"].tolist() == [3, 0] and cols["min_id"][0] == 1 and cols["max_id"][0] == 9
     assert np.isnan(cols["max_id"][1]) and round(cols["pad_fraction"][0], 3) == 0.333
-    split = gate.chapter_split(pd.DataFrame({"book": ["Gen", "Rev"], "chapter": [1, 99]}), {"Gen.1": "test"})
+    split = suites.chapter_split(pd.DataFrame({"book": ["Gen", "Rev"], "chapter": [1, 99]}), {"Gen.1": "test"})
     assert split.tolist() == ["test", "unknown"]
     assert gate.shown("x" * 100).endswith("... (100 chars)") and gate.shown(np.int64(3)) == 3
+
+
+def test_prediction_columns_textbook_cases():
+    preds = pd.DataFrame({"split": ["test", "test", "test", "validation"], "prediction": [0, 0, 2, 1]})
+    shares = suites.class_shares(preds).round(3)
+    assert shares.values.tolist() == [["test", 0, 0.667], ["test", 2, 0.333], ["validation", 1, 1.0]]
+    rows = pd.DataFrame({"split": ["test", "test", None], "book": ["Gen", "Gen", "Gen"], "verse": [1, 2, 1]})
+    keys = pd.DataFrame({"split": ["test"], "book": ["Gen"], "verse": [1]})
+    assert suites.has_key(rows, keys, ["split", "book", "verse"]).tolist() == [True, False, False]
+
+
+def test_glued_words_pattern_spares_real_verses():
+    assert not re.search(suites.GLUED, "And God said, Let there be light: and there was light.")
+    assert not re.search(suites.GLUED, "En el principio crió Dios los cielos y la tierra.")
+    assert re.search(suites.GLUED, "there was lightAnd God saw") and re.search(suites.GLUED, "la tierraY")

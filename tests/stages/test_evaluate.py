@@ -1,0 +1,21 @@
+"""evaluate: predictions are scored in the split's order, and a verse without a prediction stops the run."""
+
+import pytest
+
+from stages.evaluate import aligned
+
+
+def record(split: str, verse: int, prediction: int) -> dict:
+    return {"split": split, "book": "Gen", "chapter": 1, "verse": verse, "prediction": prediction}
+
+
+def test_aligned_follows_the_split_order_and_ignores_other_splits():
+    records = [record("test", 2, 3), record("validation", 1, 6), record("test", 1, 5)]
+    assert aligned(records, "test", [("Gen", 1, 1), ("Gen", 1, 2)]) == [5, 3]
+    assert aligned(records, "validation", [("Gen", 1, 1)]) == [6]
+
+
+def test_a_verse_without_a_prediction_fails_naming_it(capsys):
+    with pytest.raises(SystemExit):
+        aligned([record("validation", 1, 0)], "test", [("Gen", 1, 1)])
+    assert "1 test verse(s) without a prediction, e.g. ('Gen', 1, 1)" in capsys.readouterr().err
