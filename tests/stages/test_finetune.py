@@ -11,9 +11,10 @@ from datasets import ClassLabel, Dataset, DatasetDict
 from stages.common import load_params
 from stages.evaluate import EvaluateParams
 from stages.evaluate import run as evaluate_run
-from stages.finetune import LoraParams, RunParams, TrainParams, build_classifier, load_classifier, predict
+from stages.finetune import RunParams, TrainParams, build_classifier, load_classifier, predict
 from stages.finetune import run as finetune_run
 from stages.ingest import LABELS
+from stages.methods import LoraParams
 from stages.pretrain import PretrainParams, build_model
 from stages.tokenize import train_tokenizer
 from stages.training import count_params
@@ -94,7 +95,7 @@ def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):
         infos[name] = finetune_run(
             name, t, r, pretrained=workspace / "pretrained", augment_dir=workspace / "augment", **paths
         )
-    assert (out / "lora/adapter_config.json").exists() and (out / "lora/adapter_model.safetensors").exists()
+    assert (out / "lora/body/adapter_config.json").exists() and (out / "lora/body/adapter_model.safetensors").exists()
     assert (out / "full/body/model.safetensors").exists() and (out / "full/head.safetensors").exists()
     assert infos["full_bt"]["train_examples"] == infos["full"]["train_examples"] + 1
     assert infos["full"]["lr"] == pytest.approx(0.1 * load_params("pretrain", PretrainParams, ROOT / "params.yaml").lr)
