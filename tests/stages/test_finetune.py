@@ -9,12 +9,13 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from stages import gate
-from stages.common import load_params
+from stages.common import ParamsError, load_params
 from stages.evaluate import EvaluateParams
 from stages.evaluate import run as evaluate_run
-from stages.finetune import LoraParams, RunParams, TrainParams, build_classifier, load_classifier, predict
+from stages.finetune import RunParams, TrainParams, build_classifier, load_classifier, predict
 from stages.finetune import run as finetune_run
 from stages.ingest import LABELS
+from stages.methods import LoraParams, PromptTuningParams
 from stages.pretrain import PretrainParams, build_model
 from stages.suites import PredictionsGateParams
 from stages.tokenize import train_tokenizer
@@ -102,7 +103,7 @@ def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):
         infos[name] = finetune_run(
             name, t, r, pretrained=workspace / "pretrained", augment_dir=workspace / "augment", **paths
         )
-    assert (out / "lora/adapter_config.json").exists() and (out / "lora/adapter_model.safetensors").exists()
+    assert (out / "lora/body/adapter_config.json").exists() and (out / "lora/body/adapter_model.safetensors").exists()
     assert (out / "full/body/model.safetensors").exists() and (out / "full/head.safetensors").exists()
     assert infos["full_bt"]["train_examples"] == infos["full"]["train_examples"] + 1
     assert infos["full"]["lr"] == pytest.approx(0.1 * load_params("pretrain", PretrainParams, ROOT / "params.yaml").lr)
@@ -123,3 +124,12 @@ def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):
     assert set(metrics["runs"]) == set(runs)
     assert metrics["runs"]["lora"]["accuracy"] == pytest.approx(accuracy, abs=1e-4)  # rounded to 4 places
     assert "## The field's claims, as measured" in (tmp_path / "e.md").read_text()
+
+
+def test_virtual_tokens_that_leave_no_room_for_the_longest_verse_fail_naming_the_key(workspace, tmp_path):
+    t, _ = params()
+    r = RunParams(init="pretrained", method="prompt_tuning", lr_scale=1.0, augmented=False,
+                  prompt_tuning=PromptTuningParams(num_virtual_tokens=60, init="random"))  # fmt: skip
+    paths = {"task_dir": workspace / "task", "tokenizer_dir": workspace / "tokenizer", "out": tmp_path}
+    with pytest.raises(ParamsError, match=r"prompt_tuning\.num_virtual_tokens: 60 virtual \+ \d+ verse tokens exceed"):
+        finetune_run("p", t, r, pretrained=workspace / "pretrained", augment_dir=workspace / "augment", **paths)

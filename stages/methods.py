@@ -1,0 +1,227 @@
+"""Fine-tuning methods: what of the pre-trained body trains. One small builder per method; METHODS at the bottom.
+
+A builder takes the transformer body (a transformers GPT2Model) and the method's knobs (its section of the run in
+params.yaml, named like the method) and returns the body to put under the classifier, with `requires_grad` set on
+exactly what trains. The classifier's head always trains. `saves` says how finetune.save_classifier stores a run:
+`body` every weight (save_pretrained); `peft` the adapter in PEFT's format, loaded onto the base body; `trained`
+only the tensors that trained (safetensors), loaded onto the base body rebuilt by the same builder.
+
+| method        | trains, besides the head                                 | knobs                         | saves   |
+|---------------|----------------------------------------------------------|-------------------------------|---------|
+| full          | every weight                                             | -                             | body    |
+| freeze        | the top k blocks and the final layer norm ln_f           | train_top_blocks (0..n_layer) | trained |
+| lora          | low-rank updates of the targeted projections (PEFT)      | r, alpha, dropout, targets    | peft    |
+| ia3           | per-channel scales of c_attn's q,k,v and MLP (PEFT)      | target/feedforward_modules    | peft    |
+| prompt_tuning | virtual token embeddings prepended to the input (PEFT)   | num_virtual_tokens, init      | peft    |
+| prefix_tuning | virtual keys and values prepended in every layer (PEFT)  | num_virtual_tokens            | peft    |
+| adapter       | bottleneck adapters after attention and MLP; layer norms | bottleneck                    | trained |
+
+`freeze` trains ln_f with the top blocks: it normalises the top block's output right before the head, so a
+frozen ln_f would fix the scale the head sees while the block under it moves. PEFT wraps the body, not the
+classifier: its prompt-learning methods inject their prompts in PeftModelForFeatureExtraction's forward, which a
+wrapped custom module never reaches; the body is a plain transformers model, the case PEFT is built for.
+Prompt and prefix tuning put num_virtual_tokens positions before the verse (GPT-2 numbers the verse's tokens after
+them), so they plus the longest verse must fit the body's n_positions (pretrain's block_size); finetune.run checks.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from stages.common import ParamsError
+
+
+@dataclass(frozen=True)
+class FreezeParams:
+    train_top_blocks: int  # 0 = head (+ ln_f) only, a linear probe; n_layer = every block, embeddings frozen
+
+    def validate(self):
+        if self.train_top_blocks < 0:
+            yield f"train_top_blocks: must be >= 0, got {self.train_top_blocks}"
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    r: int  # rank: higher adapts more and trains more parameters
+    alpha: int  # scaling = alpha / r
+    dropout: float
+    target_modules: list[str]
+
+    def validate(self):
+        if self.r < 1:
+            yield f"r: LoRA rank must be >= 1, got {self.r}"
+        if not self.target_modules:
+            yield "target_modules: name at least one module (c_attn, c_proj, c_fc)"
+
+
+@dataclass(frozen=True)
+class IA3Params:
+    target_modules: list[str]  # modules whose output (or, for feedforward ones, input) is rescaled
+    feedforward_modules: list[str]  # of target_modules, those scaled on their input (the MLP's c_proj)
+
+    def validate(self):
+        if not self.target_modules:
+            yield "target_modules: name at least one module (c_attn, mlp.c_proj)"
+        extra = [m for m in self.feedforward_modules if m not in self.target_modules]
+        if extra:
+            yield f"feedforward_modules: {', '.join(extra)} not in target_modules"
+
+
+@dataclass(frozen=True)
+class PromptTuningParams:
+    num_virtual_tokens: int  # prompt length; the verse's positions shift by this much (needs room in n_positions)
+    init: str  # random | sample_vocab (embeddings of random vocabulary tokens: the scale the body expects)
+
+    def validate(self):
+        if self.num_virtual_tokens < 1:
+            yield f"num_virtual_tokens: must be >= 1, got {self.num_virtual_tokens}"
+        if self.init not in ("random", "sample_vocab"):
+            yield f"init: expected random or sample_vocab, got {self.init!r}"
+
+
+@dataclass(frozen=True)
+class PrefixTuningParams:
+    num_virtual_tokens: int  # prefix length, in every layer; positions shift by this much too
+
+    def validate(self):
+        if self.num_virtual_tokens < 1:
+            yield f"num_virtual_tokens: must be >= 1, got {self.num_virtual_tokens}"
+
+
+@dataclass(frozen=True)
+class AdapterParams:
+    bottleneck: int  # adapter width: hidden -> bottleneck -> hidden; trains 2 * 2 * n_layer * hidden * bottleneck
+
+    def validate(self):
+        if self.bottleneck < 1:
+            yield f"bottleneck: must be >= 1, got {self.bottleneck}"
+
+
+class Adapter(torch.nn.Module):
+    """Houlsby et al. (2019) bottleneck adapter: x + up(gelu(down(x))).
+
+    `up` starts at zero, so an inserted adapter is the identity and training starts from the pre-trained model.
+    """
+
+    def __init__(self, hidden: int, bottleneck: int):
+        super().__init__()
+        self.down = torch.nn.Linear(hidden, bottleneck)
+        self.up = torch.nn.Linear(bottleneck, hidden)
+        torch.nn.init.zeros_(self.up.weight)
+        torch.nn.init.zeros_(self.up.bias)
+
+    def forward(self, x):  # (B, T, H)
+        return x + self.up(torch.nn.functional.gelu(self.down(x), approximate="tanh"))
+
+
+class Adapted(torch.nn.Module):
+    """A sublayer's output projection, then an adapter: Houlsby's place, before the residual sum."""
+
+    def __init__(self, proj: torch.nn.Module, adapter: Adapter):
+        super().__init__()
+        self.proj, self.adapter = proj, adapter
+
+    def forward(self, x):
+        return self.adapter(self.proj(x))
+
+
+def full(body, knobs: None):
+    """Every weight trains."""
+    return body
+
+
+def freeze(body, knobs: FreezeParams):
+    """Only the top `train_top_blocks` blocks and ln_f train; embeddings and lower blocks stay as pre-trained."""
+    k, n = knobs.train_top_blocks, len(body.h)
+    if k > n:
+        raise ParamsError(f"freeze.train_top_blocks: {k} is more than the body's {n} blocks; expected 0..{n}")
+    body.requires_grad_(False)
+    for block in body.h[n - k :]:
+        block.requires_grad_(True)
+    body.ln_f.requires_grad_(True)
+    return body
+
+
+def _peft(body, config):
+    from peft import get_peft_model
+
+    return get_peft_model(body, config)
+
+
+def lora(body, knobs: LoraParams):
+    from peft import LoraConfig
+
+    return _peft(body, LoraConfig(
+        task_type="FEATURE_EXTRACTION", r=knobs.r, lora_alpha=knobs.alpha, lora_dropout=knobs.dropout,
+        target_modules=list(knobs.target_modules),
+        fan_in_fan_out=True,  # GPT-2's Conv1D stores its weight transposed
+    ))  # fmt: skip
+
+
+def ia3(body, knobs: IA3Params):
+    from peft import IA3Config
+
+    return _peft(body, IA3Config(
+        task_type="FEATURE_EXTRACTION", target_modules=list(knobs.target_modules),
+        feedforward_modules=list(knobs.feedforward_modules), fan_in_fan_out=True,
+    ))  # fmt: skip
+
+
+def _check_positions(body, virtual: int, key: str) -> None:
+    n = body.config.n_positions
+    if virtual >= n:
+        raise ParamsError(f"{key}.num_virtual_tokens: {virtual} leaves no positions of the body's {n} for the verse")
+
+
+def prompt_tuning(body, knobs: PromptTuningParams):
+    from peft import PromptTuningConfig
+
+    _check_positions(body, knobs.num_virtual_tokens, "prompt_tuning")
+    return _peft(body, PromptTuningConfig(
+        task_type="FEATURE_EXTRACTION", num_virtual_tokens=knobs.num_virtual_tokens,
+        prompt_tuning_init=knobs.init.upper(),
+    ))  # fmt: skip
+
+
+def prefix_tuning(body, knobs: PrefixTuningParams):
+    from peft import PrefixTuningConfig
+
+    _check_positions(body, knobs.num_virtual_tokens, "prefix_tuning")
+    return _peft(body, PrefixTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=knobs.num_virtual_tokens))
+
+
+def adapter(body, knobs: AdapterParams):
+    """Houlsby adapters after attention and after the MLP of every block; they, the layer norms and ln_f train."""
+    body.requires_grad_(False)
+    hidden = body.config.hidden_size
+    for block in body.h:
+        block.attn.c_proj = Adapted(block.attn.c_proj, Adapter(hidden, knobs.bottleneck))
+        block.mlp.c_proj = Adapted(block.mlp.c_proj, Adapter(hidden, knobs.bottleneck))
+        block.ln_1.requires_grad_(True)
+        block.ln_2.requires_grad_(True)
+    body.ln_f.requires_grad_(True)
+    return body
+
+
+@dataclass(frozen=True)
+class Method:
+    build: Callable  # (body, knobs) -> the body, with requires_grad set on what trains
+    knobs: type | None  # the dataclass of its section in a run (the section is named like the method)
+    saves: str  # body | peft | trained (see the module docstring)
+
+
+METHODS = {
+    "full": Method(full, None, "body"),
+    "freeze": Method(freeze, FreezeParams, "trained"),
+    "lora": Method(lora, LoraParams, "peft"),
+    "ia3": Method(ia3, IA3Params, "peft"),
+    "prompt_tuning": Method(prompt_tuning, PromptTuningParams, "peft"),
+    "prefix_tuning": Method(prefix_tuning, PrefixTuningParams, "peft"),
+    "adapter": Method(adapter, AdapterParams, "trained"),
+}
+
+
+def virtual_tokens(knobs) -> int:
+    """Positions a method puts before the verse (prompt and prefix tuning), 0 for the others."""
+    return getattr(knobs, "num_virtual_tokens", 0)
