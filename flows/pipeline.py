@@ -11,6 +11,7 @@ To watch it in the UI, start a server once and point the run at it:
     # then open http://127.0.0.1:4200 (Runs -> the flow run: one task run per stage, logs, artifacts)
 
 Without PREFECT_API_URL, Prefect starts a temporary server for the length of the run and the history is lost.
+To schedule it, or run it from the UI, deploy it to a worker: prefect.yaml (`pipeline/nightly`, `pipeline/adhoc`).
 
 DVC owns the graph and the record. The stage list and order come from DVC's own repro planner, so the tasks are
 exactly the stages `dvc repro` would visit (gates included, `foreach` stages expanded: `finetune@full` is its own
