@@ -45,9 +45,11 @@ def deployments(prefect_server: str) -> dict[str, object]:
         return {d.name: d for d in client.read_deployments()}
 
 
-def test_prefect_yaml_deploys_a_paused_nightly_schedule_and_an_adhoc_deployment(deployments) -> None:
-    assert set(deployments) == {"nightly", "adhoc"}
+def test_prefect_yaml_deploys_a_paused_nightly_schedule_an_adhoc_and_a_reproduce_deployment(deployments) -> None:
+    assert set(deployments) == {"nightly", "adhoc", "any-commit"}
     nightly, adhoc = deployments["nightly"], deployments["adhoc"]
+    assert deployments["any-commit"].entrypoint == "flows/reproduce.py:reproduce"
+    assert deployments["any-commit"].parameter_openapi_schema["required"] == ["rev"]  # the UI asks for it
     assert nightly.entrypoint == adhoc.entrypoint == "flows/pipeline.py:pipeline"
     assert nightly.work_pool_name == adhoc.work_pool_name == POOL
 
