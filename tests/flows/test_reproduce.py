@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.reproduce import Mismatch, compare, flatten, main, reproduce
 from tests.flows.conftest import TOY_ORDER, dvc, git
@@ -65,8 +66,10 @@ def test_hand_edited_metrics_are_reported_by_file_and_key(recorded: Path, tmp_pa
 
     # Only `evaluate` ran again: the other stages' outputs came from the shared DVC cache.
     with get_client(sync_client=True) as client:
-        [artifact] = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["reproduction"])), limit=1
+        [artifact] = client.read_artifacts(  # this run's: the newest
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["reproduction"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
         )
     assert "| evaluate | reproduced |" in artifact.data
     assert all(f"| {stage} | up to date |" in artifact.data for stage in TOY_ORDER[:-1])
