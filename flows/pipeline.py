@@ -11,6 +11,7 @@ To watch it in the UI, start a server once and point the run at it:
     # then open http://127.0.0.1:4200 (Runs -> the flow run: one task run per stage, logs, artifacts)
 
 Without PREFECT_API_URL, Prefect starts a temporary server for the length of the run and the history is lost.
+To schedule it, or run it from the UI, deploy it to a worker: prefect.yaml (`pipeline/nightly`, `pipeline/adhoc`).
 
 DVC owns the graph and the record. The stage list and order come from DVC's own repro planner, so the tasks are
 exactly the stages `dvc repro` would visit (gates included, `foreach` stages expanded: `finetune@full` is its own
@@ -105,16 +106,16 @@ def run_dvc(args: list[str], root: Path, logger: logging.Logger | logging.Logger
 
 
 @task(retries=0, cache_policy=NO_CACHE, task_run_name="{stage}")
-def run_stage(stage: str, root: Path) -> str:
-    """Reproduce one stage through DVC; return "up to date" or "reproduced" (DVC's verdict)."""
-    tail = run_dvc(["repro", "--single-item", stage], root, get_run_logger())
+def run_stage(stage: str, root: Path, force: bool = False) -> str:
+    """Reproduce one stage through DVC (`force`: even if up to date); return "up to date" or "reproduced"."""
+    tail = run_dvc(["repro", "--single-item", *(["--force"] if force else []), stage], root, get_run_logger())
     return "up to date" if CmdDataStatus.UP_TO_DATE_MSG in tail else "reproduced"
 
 
 @task(name="exp_run", task_run_name="exp_run", retries=0, cache_policy=NO_CACHE)
-def exp_run(root: Path, params: dict[str, Any]) -> str:
+def exp_run(root: Path, params: dict[str, Any], force: bool = False) -> str:
     """Run the whole pipeline as one DVC experiment with `params` overridden; return the experiment's name."""
-    args = ["exp", "run"]
+    args = ["exp", "run", *(["--force"] if force else [])]
     for key, value in params.items():  # DVC reads values as YAML; JSON is YAML: 3, true, [1, 2]
         args += ["--set-param", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
     tail = run_dvc(args, root, get_run_logger())
@@ -163,17 +164,18 @@ def publish_reports(root: Path) -> list[str]:
 
 
 @flow(name="pipeline")
-def pipeline(root: Path | None = None, params: dict[str, Any] | None = None) -> dict[str, str]:
+def pipeline(root: Path | None = None, params: dict[str, Any] | None = None, force: bool = False) -> dict[str, str]:
     """Reproduce the DVC pipeline in `root` (default: the current directory), one task per stage.
 
     With `params` (dotted key -> value), run it instead as one DVC experiment with those params changed.
+    With `force`, rerun every stage even if DVC finds it up to date (`dvc repro --force`).
     Returns stage -> "reproduced" / "up to date", or {"exp_run": the experiment's name}.
     """
     root = (root or Path.cwd()).resolve()
     if params:
-        outcomes = {"exp_run": exp_run(root, params)}
+        outcomes = {"exp_run": exp_run(root, params, force)}
     else:
-        outcomes = {stage: stage_task(stage, root) for stage, stage_task in stage_tasks(root).items()}
+        outcomes = {stage: stage_task(stage, root, force) for stage, stage_task in stage_tasks(root).items()}
     published = publish_reports(root)
     get_run_logger().info("stages: %s; artifacts: %s", outcomes, published or "none")
     return outcomes

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 import yaml
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
 SERVER_START_TIMEOUT_S = 120  # ~10 s on an idle 2-core machine; CI runners can be several times slower
@@ -170,6 +172,10 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory, offline_env: None) 
             mp.setenv("PREFECT_HOME", str(home))
             yield api_url
     finally:
+        # Send what this process still holds for the server while it is up: otherwise the log and event workers
+        # retry against a dead server at interpreter exit, which holds pytest's exit for over a minute.
+        APILogWorker.drain_all(timeout=30)
+        EventsWorker.drain_all(timeout=30)
         server.terminate()
         try:
             server.wait(timeout=30)
