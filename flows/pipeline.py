@@ -28,7 +28,8 @@ the changed params.yaml and the results are left in the workspace.
 
 After the stages, the flow publishes what the pipeline reported, if it exists: reports/evaluate.md as a markdown
 artifact (`evaluation-report`), metrics/evaluate.json as a table of runs (`evaluation-metrics`) and
-reports/gates/*.json as a table of gates (`gate-reports`).
+reports/gates/*.json as a table of gates (`gate-reports`) and a table of every expectation with its pass/fail, the
+value observed and its bound (`gate-expectations`).
 """
 
 import argparse
@@ -146,6 +147,26 @@ def gate_rows(reports: list[Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def expectation_rows(reports: list[Path]) -> list[dict[str, Any]]:
+    """One table row per expectation of every gate: pass/fail, and the value observed against its bound."""
+    rows = []
+    for path in reports:
+        report = json.loads(path.read_text())
+        for e in report.get("expectations", []):
+            rows.append(
+                {
+                    "gate": report.get("gate", path.stem),
+                    "table": e.get("table"),
+                    "expectation": e.get("expectation"),
+                    "column": e.get("column"),
+                    "success": e.get("success"),
+                    "observed": json.dumps(e.get("observed"), default=str),
+                    "bound": json.dumps(e.get("bound"), default=str),
+                }
+            )
+    return rows
+
+
 def publish_reports(root: Path) -> list[str]:
     """Publish the evaluation report, its metrics and the gate reports as artifacts; return the keys published."""
     keys = []
@@ -159,7 +180,10 @@ def publish_reports(root: Path) -> list[str]:
     gates = sorted((root / "reports" / "gates").glob("*.json"))
     if gates:
         create_table_artifact(gate_rows(gates), key="gate-reports", description="reports/gates/*.json")
-        keys.append("gate-reports")
+        create_table_artifact(
+            expectation_rows(gates), key="gate-expectations", description="every gate expectation, observed vs bound"
+        )
+        keys += ["gate-reports", "gate-expectations"]
     return keys
 
 

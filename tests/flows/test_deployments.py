@@ -89,7 +89,12 @@ def test_a_worker_runs_an_adhoc_run_triggered_through_the_api(
         )
     assert [r.name for r in task_runs(flow_run.id, expected=1)] == ["exp_run"]
     assert (root / "prepared.txt").read_text() == "15"  # the override reached DVC: prepare.n * x.y = 5 * 3
-    assert {a.key for a in artifacts} == {"evaluation-report", "evaluation-metrics", "gate-reports"}
+    assert {a.key for a in artifacts} == {
+        "evaluation-report",
+        "evaluation-metrics",
+        "gate-reports",
+        "gate-expectations",
+    }
     by_key = {a.key: a for a in artifacts}
     assert json.loads(by_key["evaluation-metrics"].data)[0] == {
         "run": "large",

@@ -170,7 +170,7 @@ def test_flow_publishes_evaluation_and_gate_artifacts(completed_run: tuple[Path,
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
     by_key = {a.key: a for a in artifacts}
-    assert set(by_key) == {"evaluation-report", "evaluation-metrics", "gate-reports"}
+    assert set(by_key) == {"evaluation-report", "evaluation-metrics", "gate-reports", "gate-expectations"}
 
     assert by_key["evaluation-report"].type == "markdown"
     assert by_key["evaluation-report"].data == (root / "reports" / "evaluate.md").read_text()
@@ -182,6 +182,11 @@ def test_flow_publishes_evaluation_and_gate_artifacts(completed_run: tuple[Path,
     ]
     gates = json.loads(by_key["gate-reports"].data)
     assert gates == [{"gate": "prepare", "success": True, "expectations": 1, "failed": ""}]
+    expectations = json.loads(by_key["gate-expectations"].data)
+    assert expectations == [
+        {"gate": "prepare", "table": None, "expectation": "expect_n_at_least_min_n", "column": None,
+         "success": True, "observed": "5", "bound": "null"},
+    ]  # fmt: skip
 
 
 def test_parse_override() -> None:
