@@ -23,6 +23,17 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
+# One literal verse per genre (label index -> text), for stage tests that need a tiny labeled task.
+VERSES = {
+    0: "Moses commanded the law and the statutes of the covenant",
+    1: "the king reigned in Jerusalem and fought the Philistines",
+    2: "my soul waits for the Lord in the night; wisdom is better than gold",
+    3: "thus says the Lord to the house of Israel; woe to the nations",
+    4: "Jesus said to his disciples, follow me",
+    5: "grace to you and peace from God our Father, brothers",
+    6: "I saw a beast rising out of the sea with seven heads",
+}
+
 # The real config shrunk (torchtune style): same stages and code paths, tiny model, few steps.
 TINY = {
     "ingest.train_per_class": 8,

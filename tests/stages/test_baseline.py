@@ -22,16 +22,8 @@ from stages.common import ParamsError, load_params
 from stages.evaluate import EvaluateParams, claims, predict_baseline
 from stages.evaluate import run as evaluate_run
 from stages.ingest import LABELS
+from tests.conftest import VERSES
 
-VERSES = {
-    0: "Moses commanded the law and the statutes of the covenant",
-    1: "the king reigned in Jerusalem and fought the Philistines",
-    2: "my soul waits for the Lord in the night; wisdom is better than gold",
-    3: "thus says the Lord to the house of Israel; woe to the nations",
-    4: "Jesus said to his disciples, follow me",
-    5: "grace to you and peace from God our Father, brothers",
-    6: "I saw a beast rising out of the sea with seven heads",
-}
 P = BaselineParams(C=[1.0, 10.0], ngram_ranges=[[1, 1], [1, 2]], sublinear_tf=True, max_iter=500)
 
 

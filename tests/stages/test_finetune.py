@@ -20,17 +20,9 @@ from stages.pretrain import PretrainParams, build_model
 from stages.suites import PredictionsGateParams
 from stages.tokenize import train_tokenizer
 from stages.training import count_params
+from tests.conftest import VERSES
 
 ROOT = Path(__file__).resolve().parents[2]
-VERSES = {
-    0: "Moses commanded the law and the statutes of the covenant",
-    1: "the king reigned in Jerusalem and fought the Philistines",
-    2: "my soul waits for the Lord in the night; wisdom is better than gold",
-    3: "thus says the Lord to the house of Israel; woe to the nations",
-    4: "Jesus said to his disciples, follow me",
-    5: "grace to you and peace from God our Father, brothers",
-    6: "I saw a beast rising out of the sea with seven heads",
-}
 
 
 @pytest.fixture(scope="module")
