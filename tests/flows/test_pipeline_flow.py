@@ -54,14 +54,14 @@ def task_runs(flow_run_id: UUID, expected: int) -> list[TaskRun]:
             time.sleep(0.5)
 
 
-def flow_logs(flow_run_id: UUID, needle: str) -> list[str]:
-    """The flow run's log messages, once one containing `needle` has arrived."""
+def flow_logs(flow_run_id: UUID, *needles: str) -> list[str]:
+    """The flow run's log messages, once a message containing each of `needles` has arrived (logs come in batches)."""
     deadline = time.monotonic() + SERVER_SETTLE_S
     with get_client(sync_client=True) as client:
         while True:
             logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
             messages = [log.message for log in logs]
-            if any(needle in m for m in messages) or time.monotonic() > deadline:
+            if all(any(n in m for m in messages) for n in needles) or time.monotonic() > deadline:
                 return messages
             time.sleep(0.5)
 
@@ -112,7 +112,7 @@ def test_flow_runs_each_stage_as_a_task_through_dvc(completed_run: tuple[Path, S
         assert client.read_flow_run(flow_run_id).state.is_completed()
 
     # The stages' own output reached the task logs.
-    messages = flow_logs(flow_run_id, "gate prepare: ok")
+    messages = flow_logs(flow_run_id, "gate prepare: ok", "Running stage 'train@large':")
     assert "gate prepare: ok" in messages
     assert "Running stage 'train@large':" in messages
 
