@@ -8,6 +8,9 @@ Writes metrics/evaluate.json  {"runs": {"<run>": {"accuracy", "macro_f1", "per_c
                               "trainable_share", "train_seconds", ...}}}; a baseline run adds "chosen" (its
                               hyperparameters, picked on validation)
        reports/evaluate.md    the table, and each claim of the field stated as measured
+       reports/plots/confusion/<run>.csv  actual,predicted genre per verse of the split (`dvc plots`: a confusion
+                              matrix per run)
+       reports/plots/curves/<run>.csv     epoch,train_loss,val_accuracy of each fine-tuning run (`dvc plots`)
 
     python -m stages.evaluate
 
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.common import fail, load_params, write_json, write_text
+from stages.common import atomic_dir, fail, load_params, write_json, write_text
 
 TASK = Path("data/3_tokenize/task")
 MODELS = Path("models/7_finetune")
@@ -31,6 +34,7 @@ BASELINE_METRICS = Path("metrics/baseline")
 METRIC_MODULES = Path("metric_modules")
 METRICS = Path("metrics/evaluate.json")
 REPORT = Path("reports/evaluate.md")
+PLOTS = Path("reports/plots")
 PREDICTIONS = "predictions.jsonl"  # in each run's folder, written by stages.finetune.write_predictions
 
 
@@ -126,7 +130,7 @@ def report(runs: dict, split: str, n: int) -> str:
 def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: Path = MODELS,
         metrics_path: Path = METRICS, report_path: Path = REPORT, baseline_names: list[str] | None = None,
         baselines: Path = BASELINES, finetune_metrics: Path = FINETUNE_METRICS,
-        baseline_metrics: Path = BASELINE_METRICS) -> dict:  # fmt: skip
+        baseline_metrics: Path = BASELINE_METRICS, plots: Path = PLOTS) -> dict:  # fmt: skip
     from datasets import load_from_disk
 
     task = load_from_disk(str(task_dir))
@@ -149,9 +153,27 @@ def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: 
         runs[name] = {**score(preds, refs, labels), **{k: info[k] for k in keys}, **chosen}
         print(f"{name}: accuracy {runs[name]['accuracy']:.4f}  macro-F1 {runs[name]['macro_f1']:.4f}", flush=True)
     metrics = {"split": p.split, "examples": len(refs), "runs": runs}
+    with atomic_dir(plots) as tmp:
+        for name, (_, preds) in predictions.items():
+            write_text(confusion_csv(preds, refs, labels), tmp / "confusion" / f"{name}.csv")
+        for name in run_names:
+            curve = json.loads((models / name / "meta.json").read_text())["counts"]["curve"]
+            write_text(curve_csv(curve), tmp / "curves" / f"{name}.csv")
     write_json(metrics, metrics_path)
     write_text(report(runs, p.split, len(refs)), report_path)
     return metrics
+
+
+def confusion_csv(predictions: list[int], references: list[int], labels: list[str]) -> str:
+    """One row per verse, for DVC's confusion template: [1], [0], ["a", "b"] -> "actual,predicted\\na,b\\n"."""
+    rows = [f"{labels[a]},{labels[b]}" for a, b in zip(references, predictions, strict=True)]
+    return "\n".join(["actual,predicted", *rows]) + "\n"
+
+
+def curve_csv(curve: list[dict]) -> str:
+    """A fine-tuning run's validation curve (meta.json counts.curve) as epoch,train_loss,val_accuracy rows."""
+    rows = [f"{c['epoch']},{c['train_loss']:.6f},{c['val_accuracy']:.6f}" for c in curve]
+    return "\n".join(["epoch,train_loss,val_accuracy", *rows]) + "\n"
 
 
 def predict_baseline(path: Path, split) -> list[int]:
