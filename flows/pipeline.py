@@ -21,6 +21,11 @@ is streamed line by line into the task's log. A failing stage fails its task wit
 the message, the flow run fails with it and no later stage runs. Stages run one at a time (DVC holds a repo lock
 while it reproduces) and are never retried: a training run that failed will fail again.
 
+One run per workspace: a flow run holds `.dvc/tmp/pipeline-flow.lock` from its first stage to its last, so a second
+flow run in the same checkout fails at once with WorkspaceBusy, naming the run that holds it, before it touches
+anything (between two stages no DVC lock is held, so DVC alone would let the second run slip in there and make the
+first fail). A `dvc repro` typed in a shell meanwhile meets DVC's own locks, and the task reports that the same way.
+
 With `params` overrides (`--set key=value`, repeatable) the flow runs the whole pipeline as ONE task, `exp_run`,
 i.e. `dvc exp run --set-param key=value ...`, so the run is a recorded DVC experiment (`dvc exp show` lists it).
 Per-stage tasks would be dishonest there: `dvc repro` of single stages records no experiment. As with `dvc exp run`,
@@ -34,12 +39,15 @@ value observed and its bound (`gate-expectations`).
 
 import argparse
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import subprocess
 import sys
 from collections import deque
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +63,44 @@ EXP_RAN = "Ran experiment(s): "  # how `dvc exp run` names the experiment it rec
 TAIL_LINES = 30  # of a failed stage's output, quoted in the error: enough for a traceback and DVC's verdict
 
 
+DVC_LOCKED = ("is busy, it is being blocked by", "Unable to acquire lock")  # DVC's rwlock and repo lock errors
+FLOW_LOCK = Path(".dvc/tmp/pipeline-flow.lock")  # in DVC's own untracked tmp folder
+
+
 class StageFailed(RuntimeError):
     """A DVC command exited non-zero; the message carries its last output lines."""
+
+
+class WorkspaceBusy(StageFailed):
+    """Another run (a flow run or a `dvc` command) holds the workspace; nothing was changed."""
+
+
+@contextlib.contextmanager
+def workspace_lock(root: Path) -> Iterator[None]:
+    """Hold `root`'s flow lock for the block, or raise WorkspaceBusy naming the process that holds it.
+
+    A flock: the kernel releases it when its holder exits, even by kill -9, so a crash leaves no stale lock.
+    """
+    path = root / FLOW_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that has not yet said who it is"
+            raise WorkspaceBusy(
+                f"another pipeline run holds the workspace {root} ({holder}); DVC reproduces one run per "
+                "workspace at a time. Wait for it to finish, then run again (or run from another clone). "
+                "Nothing was changed."
+            ) from None
+        f.truncate(0)
+        f.write(f"PID {os.getpid()}, started {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC: {' '.join(sys.argv)}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)  # the lock itself goes with the file's closing
 
 
 def stage_order(root: Path) -> list[str]:
@@ -102,6 +146,12 @@ def run_dvc(args: list[str], root: Path, logger: logging.Logger | logging.Logger
                 tail.append(line)
     if proc.returncode != 0:
         output = "\n".join(tail)
+        if any(marker in output for marker in DVC_LOCKED):
+            raise WorkspaceBusy(
+                f"another run holds the workspace {root}: DVC refused `dvc {' '.join(args)}` because its lock is "
+                "held (DVC's words below). Wait for that run to finish, then run again; nothing was changed.\n"
+                + output
+            )
         raise StageFailed(f"`dvc {' '.join(args)}` exited with {proc.returncode}; last output:\n{output}")
     return list(tail)
 
@@ -196,11 +246,12 @@ def pipeline(root: Path | None = None, params: dict[str, Any] | None = None, for
     Returns stage -> "reproduced" / "up to date", or {"exp_run": the experiment's name}.
     """
     root = (root or Path.cwd()).resolve()
-    if params:
-        outcomes = {"exp_run": exp_run(root, params, force)}
-    else:
-        outcomes = {stage: stage_task(stage, root, force) for stage, stage_task in stage_tasks(root).items()}
-    published = publish_reports(root)
+    with workspace_lock(root):  # a second run in this workspace fails here, before any stage
+        if params:
+            outcomes = {"exp_run": exp_run(root, params, force)}
+        else:
+            outcomes = {stage: stage_task(stage, root, force) for stage, stage_task in stage_tasks(root).items()}
+        published = publish_reports(root)
     get_run_logger().info("stages: %s; artifacts: %s", outcomes, published or "none")
     return outcomes
 

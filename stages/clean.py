@@ -102,6 +102,15 @@ def repetition_filter(text: str, p: CleanParams) -> str | None:
 
 NORMALIZERS = [normalize_unicode, strip_markup, normalize_whitespace]
 FILTERS = [length_filter, symbol_filter, language_filter, repetition_filter]
+# The params.yaml key that lets more documents through, per drop reason (`empty` has none: the text itself is gone).
+LOOSEN = {
+    "too_short": "clean.min_words (lower it)",
+    "too_long": "clean.max_words (raise it)",
+    "symbols": "clean.max_symbol_ratio (raise it)",
+    "not_english": "clean.min_stopword_ratio (lower it)",
+    "repeated_lines": "clean.max_duplicate_line_ratio (raise it)",
+    "exact_duplicate": "clean.dedup (false keeps duplicates)",
+}
 
 
 def clean_documents(docs: list[dict], p: CleanParams) -> tuple[list[dict], list[tuple[str, dict]]]:
@@ -127,16 +136,29 @@ def clean_documents(docs: list[dict], p: CleanParams) -> tuple[list[dict], list[
     return kept, dropped
 
 
+def nothing_kept_message(src: Path, out: Path, drops: Counter) -> str:
+    """The one paragraph that says why cleaning kept no document and what to change.
+
+    ('data/1_ingest/corpus', 'data/2_clean', {'too_short': 3}) -> 'data/1_ingest/corpus: cleaning dropped all 3
+    documents (too_short: 3) ... loosen in params.yaml: clean.min_words (lower it) ...'
+    """
+    if not drops:
+        return f"{src}: the input holds no documents, so cleaning has nothing to keep; {out} is left as it was."
+    counts = ", ".join(f"{reason}: {n}" for reason, n in drops.most_common())
+    keys = [LOOSEN[r] for r, _ in drops.most_common() if r in LOOSEN]
+    fix = f"loosen in params.yaml: {'; '.join(keys)}" if keys else "nothing in params.yaml keeps them"
+    empty = "; `empty` documents have no text left after normalisation: check the input" if "empty" in drops else ""
+    return (f"{src}: cleaning dropped all {drops.total()} documents ({counts}), so there is no corpus to write and "
+            f"{out} is left as it was. To keep more, {fix}{empty}.")  # fmt: skip
+
+
 def run(p: CleanParams, src: Path = IN, out: Path = OUT, metrics_path: Path = METRICS) -> dict:
     from datasets import Dataset, load_from_disk
 
     docs = load_from_disk(str(src)).to_list()
     kept, dropped = clean_documents(docs, p)
-    if not kept:
-        fail(
-            f"{src}: no document survived cleaning (drops: {dict(Counter(r for r, _ in dropped))}); "
-            "check clean: in params.yaml"
-        )
+    if not kept:  # before anything is written: the previous output and metrics stay
+        fail(nothing_kept_message(src, out, Counter(r for r, _ in dropped)))
     samples = defaultdict(list)
     for reason, doc in dropped:
         if len(samples[reason]) < p.sample_per_reason:

@@ -16,10 +16,11 @@ A run is `init` (scratch: the same architecture, random init; pretrained: models
 (stages/methods.py: full, freeze, lora, ia3, prompt_tuning, prefix_tuning, adapter; a method's knobs are the
 run's section named like it) x `augmented`. The learning rate is `lr_scale` times the rate the body was
 pre-trained with. The head reads the body's hidden states pooled over the verse (`finetune.train.pooling`).
-Training stops early when validation accuracy stops improving; the best epoch is kept.
+Training stops early when validation accuracy stops improving; the best epoch is kept. A checkpoint after every
+epoch (checkpoints/finetune/<run>, removed once the output is written) lets a killed run resume where it stopped
+and end with the same bytes as an uninterrupted one.
 """
 
-import copy
 import json
 import resource
 import sys
@@ -40,7 +41,19 @@ from stages.methods import (
     PromptTuningParams,
     virtual_tokens,
 )
-from stages.training import autocast, batch_indices, count_params, device, pad_batch, warmup_cosine
+from stages.training import (
+    CHECKPOINTS,
+    autocast,
+    batch_indices,
+    count_params,
+    device,
+    fingerprint,
+    load_checkpoint,
+    pad_batch,
+    remove_checkpoint,
+    save_checkpoint,
+    warmup_cosine,
+)
 
 TASK = Path("data/3_tokenize/task")
 TOKENIZER = Path("data/3_tokenize/tokenizer")
@@ -239,8 +252,14 @@ def predict(model, seqs: list[list[int]], pad_id: int, batch_size: int) -> list[
     return preds
 
 
-def train(model, train_set: tuple[list, list], val_set: tuple[list, list], lr: float, t: TrainParams, pad_id: int):
-    """Fine-tune with early stopping; returns (best state dict, curve)."""
+def train(model, train_set: tuple[list, list], val_set: tuple[list, list], lr: float, t: TrainParams, pad_id: int,
+          ckpt: Path, fp: str):  # fmt: skip
+    """Fine-tune with early stopping; returns (best trainable state, curve).
+
+    After every epoch but the last, a checkpoint at `ckpt` holds the model, optimizer, scheduler, RNG state, the
+    epochs done (the data position: batches are a function of seed and step), the best trainable state so far, its
+    accuracy, the epochs waited and the curve; a killed run resumes there and ends exactly as an uninterrupted one.
+    """
     dev = device()
     model.to(dev).train()
     seqs, labels = train_set
@@ -249,8 +268,10 @@ def train(model, train_set: tuple[list, list], val_set: tuple[list, list], lr: f
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, int(t.warmup_ratio * total), total, 0.0))
-    best, best_acc, curve, waited = None, -1.0, [], 0
-    for epoch in range(t.epochs):
+    start, best, best_acc, waited, curve = 0, None, -1.0, 0, []
+    if info := load_checkpoint(ckpt, model, opt, sched, fp, tensors=("best",)):  # resume after the epochs it holds
+        start, best, best_acc, waited, curve = (info[k] for k in ("step", "best", "best_acc", "waited", "curve"))
+    for epoch in range(start, t.epochs):
         losses = []
         for i in range(steps_per_epoch):
             idx = batch_indices(len(seqs), t.batch_size, epoch * steps_per_epoch + i, t.seed)
@@ -268,12 +289,16 @@ def train(model, train_set: tuple[list, list], val_set: tuple[list, list], lr: f
         acc = sum(int(p == y) for p, y in zip(preds, val_set[1], strict=True)) / len(preds)
         curve.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "val_accuracy": acc})
         print(f"epoch {epoch + 1}/{t.epochs}  loss {curve[-1]['train_loss']:.4f}  val acc {acc:.4f}", flush=True)
-        if acc > best_acc:
-            best, best_acc, waited = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}), acc, 0
+        if acc > best_acc:  # only the trainable tensors: the frozen ones never change
+            best = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+            best_acc, waited = acc, 0
         else:
             waited += 1
             if waited >= t.patience:
                 break
+        if epoch + 1 < t.epochs:
+            extra = {"best_acc": best_acc, "waited": waited, "curve": curve}
+            save_checkpoint(ckpt, model, opt, sched, epoch + 1, fp, extra, tensors={"best": best})
     return best, curve
 
 
@@ -294,7 +319,7 @@ def load_training_set(task, augment_dir: Path, tokenizer, max_length: int, augme
 
 def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenizer_dir: Path = TOKENIZER,
         pretrained: Path = PRETRAINED, augment_dir: Path = AUGMENT, out: Path = OUT,
-        metrics_dir: Path = METRICS) -> dict:  # fmt: skip
+        metrics_dir: Path = METRICS, checkpoints: Path = CHECKPOINTS / "finetune") -> dict:  # fmt: skip
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
@@ -315,10 +340,13 @@ def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenize
         raise ParamsError(f"{r.method}.num_virtual_tokens: {virtual} virtual + {longest} verse tokens exceed "
                           f"the body's {positions} positions")  # fmt: skip
     trainable, total = count_params(model)
+    inputs = [task_dir, tokenizer_dir, pretrained] + ([augment_dir] if r.augmented else [])
+    fp = fingerprint({"train": asdict(t), "run": asdict(r)}, *inputs)
     start = time.perf_counter()
-    best, curve = train(model, train_set, val_set, lr, t, tokenizer.pad_token_id)
+    best, curve = train(model, train_set, val_set, lr, t, tokenizer.pad_token_id, checkpoints / name, fp)
     seconds = time.perf_counter() - start
-    model.load_state_dict(best)
+    if unexpected := model.load_state_dict(best, strict=False).unexpected_keys:
+        raise RuntimeError(f"best state of {name}: tensors the model lacks: {unexpected[:5]}")
     info = {
         "run": name, "init": r.init, "method": r.method, "augmented": r.augmented, "lr": lr,
         "train_examples": len(train_set[0]), "trainable_params": trainable, "total_params": total,
@@ -334,6 +362,7 @@ def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenize
         write_json(meta({"train": asdict(t), "run": asdict(r)}, **info), tmp / "meta.json")
     summary = {k: v for k, v in info.items() if k != "curve"}
     write_json(summary, metrics_dir / f"{name}.json")  # with the measurements meta.json leaves out
+    remove_checkpoint(checkpoints / name)
     return summary
 
 

@@ -79,19 +79,27 @@ def fingerprint(params: dict, *inputs: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, fp: str, extra: dict | None = None) -> None:
-    """Model (safetensors), optimizer, scheduler, RNG states and step, written to a temp folder then renamed."""
-    from safetensors.torch import save_model
+def save_checkpoint(
+    path: Path, model, optimizer, scheduler, step: int, fp: str, extra: dict | None = None, tensors: dict | None = None
+) -> None:
+    """Model (safetensors), optimizer, scheduler, RNG states and step, written to a temp folder then renamed.
+
+    `extra` joins checkpoint.json (a curve, counters); `tensors` maps a name to a further state dict saved beside the
+    model as `<name>.safetensors` (finetune's best state so far).
+    """
+    from safetensors.torch import save_file, save_model
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(model, str(tmp / "model.safetensors"))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
-        tmp / "state.pt",
-    )
+    for name, state in (tensors or {}).items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / f"{name}.safetensors"))
+    rng = {"rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda_rng"] = torch.cuda.get_rng_state_all()
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **rng}, tmp / "state.pt")
     (tmp / "checkpoint.json").write_text(json.dumps({"step": step, "fingerprint": fp, **(extra or {})}))
     old = path.with_name(path.name + ".old")
     if path.exists():  # `path` is complete, so an `.old` beside it is a leftover of a kill during its removal
@@ -101,12 +109,13 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, fp: str,
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, fp: str) -> dict | None:
+def load_checkpoint(path: Path, model, optimizer, scheduler, fp: str, tensors: tuple[str, ...] = ()) -> dict | None:
     """Restore a matching checkpoint in place and return its checkpoint.json; None when there is none to resume.
 
+    The state dicts named in `tensors` (saved by save_checkpoint's `tensors`) come back as entries of that dict.
     A checkpoint of other params or inputs is ignored (and said so); a corrupt one fails with its path.
     """
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file, load_model
 
     path = Path(path)
     if not path.exists() and path.with_name(path.name + ".old").exists():
@@ -120,13 +129,23 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, fp: str) -> dict | 
     try:
         load_model(model, str(path / "model.safetensors"))
         state = torch.load(path / "state.pt", weights_only=True)
+        info.update({name: load_file(str(path / f"{name}.safetensors")) for name in tensors})
     except Exception as e:  # noqa: BLE001 - any failure to read means the file is unusable
         raise RuntimeError(f"{path}: corrupt checkpoint ({e}); delete it to start afresh") from e
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     print(f"{path}: resuming at step {info['step']}")
     return info
+
+
+def remove_checkpoint(path: Path) -> None:
+    """The checkpoint at `path` gone, with any leftover of an interrupted save (`.tmp`, `.old`) beside it."""
+    path = Path(path)
+    for p in (path, path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def count_params(model) -> tuple[int, int]:

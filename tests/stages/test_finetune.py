@@ -2,17 +2,34 @@
 
 import dataclasses
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from stages import gate
 from stages.common import ParamsError, load_params
 from stages.evaluate import EvaluateParams
 from stages.evaluate import run as evaluate_run
-from stages.finetune import RunParams, TrainParams, build_classifier, load_classifier, predict
+from stages.finetune import (
+    AUGMENT,
+    PRETRAINED,
+    TASK,
+    TOKENIZER,
+    RunParams,
+    TrainParams,
+    build_classifier,
+    load_classifier,
+    predict,
+)
 from stages.finetune import run as finetune_run
 from stages.ingest import LABELS
 from stages.methods import LoraParams, PromptTuningParams
@@ -20,7 +37,7 @@ from stages.pretrain import PretrainParams, build_model
 from stages.suites import PredictionsGateParams
 from stages.tokenize import train_tokenizer
 from stages.training import count_params
-from tests.conftest import VERSES
+from tests.conftest import VERSES, tiny_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,6 +108,7 @@ def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):
             "tokenizer_dir": workspace / "tokenizer",
             "out": out,
             "metrics_dir": tmp_path / "metrics",
+            "checkpoints": tmp_path / "checkpoints",
         }
         infos[name] = finetune_run(
             name, t, r, pretrained=workspace / "pretrained", augment_dir=workspace / "augment", **paths
@@ -122,6 +140,65 @@ def test_virtual_tokens_that_leave_no_room_for_the_longest_verse_fail_naming_the
     t, _ = params()
     r = RunParams(init="pretrained", method="prompt_tuning", lr_scale=1.0, augmented=False,
                   prompt_tuning=PromptTuningParams(num_virtual_tokens=60, init="random"))  # fmt: skip
-    paths = {"task_dir": workspace / "task", "tokenizer_dir": workspace / "tokenizer", "out": tmp_path}
+    paths = {"task_dir": workspace / "task", "tokenizer_dir": workspace / "tokenizer", "out": tmp_path,
+             "checkpoints": tmp_path / "checkpoints"}  # fmt: skip
     with pytest.raises(ParamsError, match=r"prompt_tuning\.num_virtual_tokens: 60 virtual \+ \d+ verse tokens exceed"):
         finetune_run("p", t, r, pretrained=workspace / "pretrained", augment_dir=workspace / "augment", **paths)
+
+
+@pytest.fixture(scope="module")
+def project(workspace, tmp_path_factory):
+    """A directory laid out as the pipeline's for `python -m stages.finetune`: the workspace's inputs at the stage's
+    default paths, and params.yaml with enough epochs (and patience) that a kill lands mid-run."""
+    root = tmp_path_factory.mktemp("ft_project")
+    for src, dest in [("task", TASK), ("tokenizer", TOKENIZER), ("pretrained", PRETRAINED), ("augment", AUGMENT)]:
+        shutil.copytree(workspace / src, root / dest)
+    params = tiny_params({"finetune.train.epochs": 40, "finetune.train.patience": 40, "finetune.train.batch_size": 4})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def start_finetune(cwd: Path, run: str = "full") -> subprocess.Popen:
+    """`python -m stages.finetune <run>` in `cwd`, with this checkout's stages (`cwd` holds only data and params).
+
+    One thread: the tiny model's steps are so short that two threads on a busy 2-core machine wait more than they
+    compute (a run takes 10 s instead of 90). Both runs compared use the same setting.
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "stages.finetune", run], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def test_killed_run_resumes_to_identical_outputs(project, tmp_path):
+    """kill -9 after the first epoch's checkpoint, rerun: the same predictions and head, byte for byte, as a run that
+    was never interrupted; the killed run left no output folder, and the finished one leaves no checkpoint."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for d in (straight, killed):
+        shutil.copytree(project, d)
+    proc = start_finetune(straight)
+    assert proc.wait() == 0, proc.stdout.read()
+
+    proc = start_finetune(killed)
+    ckpt, out = killed / "checkpoints/finetune/full", killed / "models/7_finetune/full"
+    deadline = time.time() + 120
+    while not (ckpt / "checkpoint.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "finished before a checkpoint could be killed"
+        assert not out.exists()  # never an output folder before training is done
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    last = next(p for p in (ckpt, ckpt.with_name("full.old")) if (p / "checkpoint.json").exists())  # .old: killed
+    epochs_done = json.loads((last / "checkpoint.json").read_text())["step"]  # between save_checkpoint's renames
+    assert 1 <= epochs_done < 40
+    assert not out.exists() and not (killed / "metrics/finetune/full.json").exists()
+
+    proc = start_finetune(killed)
+    log = proc.communicate()[0]
+    assert proc.returncode == 0, log
+    assert f"resuming at step {epochs_done}" in log
+    assert f"epoch {epochs_done}/40" not in log and f"epoch {epochs_done + 1}/40" in log  # no epoch trained twice
+    for name in ("predictions.jsonl", "head.safetensors", "body/model.safetensors", "meta.json"):
+        a, b = (d / "models/7_finetune/full" / name for d in (straight, killed))
+        assert a.read_bytes() == b.read_bytes(), f"{name} differs after the resume"
+    assert not (killed / "checkpoints/finetune/full").exists()  # removed once the output is written
+    assert not list((killed / "models/7_finetune").glob(".full.tmp*"))  # no temp folder left beside the output

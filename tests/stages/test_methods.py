@@ -138,7 +138,7 @@ def test_training_changes_only_trainable_weights_and_round_trips(base, data, met
     model = build(method, base)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     seqs, labels = data
-    train(model, (seqs, labels), (seqs[:6], labels[:6]), 1e-2, train_params(), PAD)
+    train(model, (seqs, labels), (seqs[:6], labels[:6]), 1e-2, train_params(), PAD, tmp_path / "ckpt", "fp")
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == trainable_names(model)
 
