@@ -325,7 +325,7 @@ def cached_generate(
     """generate(), reading and filling `cache`; only the texts it lacks are translated.
 
     stream (seed, ...): the pass samples from one torch stream seeded here, so a text's output depends on every text
-    before it: the stream goes into each key, and one missing entry means the whole pass runs again.
+    before it: the stream and the text's position go into each key, and one missing entry reruns the whole pass.
     """
     import transformers
 
@@ -335,6 +335,8 @@ def cached_generate(
         "forced_bos_token_id": t.forced_bos_token_id, "max_length": max_length, **kwargs, "stream": stream,
     }  # fmt: skip
     keys = [{"model": t.identity, "settings": settings, "text": text} for text in texts]
+    if stream is not None:  # the same text twice in one stream samples twice: position tells them apart
+        keys = [{**key, "position": i} for i, key in enumerate(keys)]
     found = [cache.get(key) for key in keys]
     todo = [i for i, f in enumerate(found) if f is None]
     if stream is not None and todo:
