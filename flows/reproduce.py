@@ -85,8 +85,9 @@ def parse_metrics(text: str, path: str) -> dict[str, Any]:
 
 
 def is_measured(key: str) -> bool:
-    """Whether a dotted key is a per-execution measurement: `runs.full.train_seconds` is, `runs.full.acc` not."""
-    return key.rsplit(".", 1)[-1] in MEASURED
+    """Whether a dotted key is a per-execution measurement, or inside one: `runs.full.train_seconds` and
+    `translation_cache.pivot.hits` are, `runs.full.acc` not."""
+    return any(part in MEASURED for part in key.split("."))
 
 
 def same(committed: Any, reproduced: Any, tolerance: float) -> bool:

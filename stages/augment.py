@@ -1,7 +1,9 @@
 """augment: paraphrase the labeled training verses by back-translation (en -> es -> en), with a quality gate.
 
 Reads  data/1_ingest/task (split train)   text, label, book, chapter, verse
-       models/5_translate/{en-es,es-en}    the translators of the translate stage
+       models/5_translate/{en-es,es-en}    the translators of the translate stage (augment.translators: pipeline),
+                                           or any two seq2seq checkpoints by hub name or local path
+       cache/translations/                 translations of earlier runs (not a DVC output: DVC deletes those)
 Writes data/6_augment                      Dataset (save_to_disk): text (the paraphrase), label (the source's, same
                                            ClassLabel), source_text, book, chapter, verse; may be empty
        data/6_augment/samples.jsonl        kept pairs and dropped ones per reason, for inspection
@@ -13,13 +15,24 @@ Writes data/6_augment                      Dataset (save_to_disk): text (the par
 Each verse is translated to Spanish (beam search: the best pivot), then back to English `num_paraphrases` times by
 sampling (top-k, top-p, temperature; seeded, so a rerun repeats); other decoding settings (no_repeat_ngram_size)
 come from the translators' generation_config. A paraphrase passes the filters of FILTERS in order, each answering
-None (keep) or the reason to drop it, then a duplicate check. `sentences_per_second` counts English paraphrases per
-second of generation (both passes).
+None (keep) or the reason to drop it, then a duplicate check. `sentences_per_second` counts English paraphrases
+generated (not read from the cache) per second of generation (both passes).
+
+Translators: `pipeline` runs the translate stage's models on the CPU, as always; checkpoints named in
+`augment.translators` (MarianMT, NLLB, M2M100, T5) run on the GPU when there is one (bf16 autocast). Each pass
+looks its texts up in a cache keyed by (model files' hash or hub name@commit, decoding settings, text): a rerun
+with unchanged inputs translates nothing. The English pass samples from one torch stream seeded once per run, so a
+verse's paraphrases depend on every pivot sampled before it: its cache entries also carry the hash of the whole
+pivot list and are reused only all together (the pivot pass, deterministic, is reused text by text).
 """
 
+import dataclasses
+import hashlib
 import json
+import os
 import re
 import time
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +46,26 @@ TASK = Path("data/1_ingest/task")
 MODELS = Path("models/5_translate")
 OUT = Path("data/6_augment")
 METRICS = Path("metrics/augment.json")
+CACHE = Path("cache/translations")
+DVC_FILE = Path("dvc.yaml")
 METRIC_MODULES = Path(__file__).resolve().parent.parent / "metric_modules"
+
+
+@dataclass(frozen=True)
+class Translator:
+    """One direction of `augment.translators`: a seq2seq checkpoint and what its family needs to translate."""
+
+    model: str  # hub name ("Helsinki-NLP/opus-mt-en-es") or local folder saved by save_pretrained
+    revision: str | None = None  # hub commit, tag or branch; None = the cached/latest one
+    src_lang: str | None = None  # NLLB / M2M100: source language of the tokenizer (eng_Latn / en)
+    forced_bos_token: str | None = None  # NLLB / M2M100: the target language token (spa_Latn / __es__)
+    prefix: str = ""  # T5: the task prefix ("translate English to Spanish: ")
+
+
+@dataclass(frozen=True)
+class Translators:
+    en_es: str | Translator  # a bare string = Translator(model=...)
+    es_en: str | Translator
 
 
 @dataclass(frozen=True)
@@ -53,8 +85,11 @@ class AugmentParams:
     min_chrf: float  # chrF to the source below this: too_different (meaning lost)
     max_chrf: float  # ... above this: too_similar (adds nothing)
     samples: int  # kept pairs in samples.jsonl, and dropped pairs per reason
+    translators: str | Translators = "pipeline"  # "pipeline" = models/5_translate, else {en_es: .., es_en: ..}
 
     def validate(self):
+        if isinstance(self.translators, str) and self.translators != "pipeline":
+            yield f"translators: 'pipeline' or a mapping {{en_es: ..., es_en: ...}}, got {self.translators!r}"
         for name in ("num_paraphrases", "pivot_beams", "top_k", "max_length", "batch_size"):
             if getattr(self, name) < 1:
                 yield f"{name}: must be >= 1, got {getattr(self, name)}"
@@ -123,35 +158,210 @@ def quality_gate(candidates: list[dict], p: AugmentParams) -> tuple[list[dict], 
     return kept, dropped
 
 
-# --- generation -----------------------------------------------------------------------------------------------
+# --- translators ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    """A translator ready to generate: model and tokenizer on `device`, and the identity its cache entries carry."""
+
+    model: object
+    tokenizer: object
+    device: torch.device
+    identity: str  # "sha256:<hex>" of a local folder's files, "hub:<name>@<commit>" of a hub checkpoint
+    prefix: str = ""
+    forced_bos_token_id: int | None = None
+
+
+def folder_hash(folder: Path) -> str:
+    """sha256 over a folder's files (relative name, size, bytes): a local model's identity, weights and config."""
+    h = hashlib.sha256()
+    for f in sorted(q for q in Path(folder).rglob("*") if q.is_file()):
+        h.update(f"{f.relative_to(folder)}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def is_local(name: str) -> bool:
+    """A folder rather than a hub name: it exists, or looks like a path (a hub name is `org/name` or `name`)."""
+    return Path(name).expanduser().exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
+def unreachable(where: str, name: str, error: Exception) -> str:
+    """The one paragraph a user sees when a hub checkpoint cannot be loaded."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"{where}: cannot load the translator {name!r}: it is not a local folder, and the Hugging Face hub "
+        f"{'is switched off (HF_HUB_OFFLINE is set)' if offline else 'could not be reached'} and its cache does "
+        f"not hold it (or no such checkpoint exists). Download it where the hub is reachable "
+        f"(`hf download {name}`, which fills the cache this machine reads), or save it with save_pretrained and "
+        f"give that folder's path in params.yaml, or unset HF_HUB_OFFLINE if this machine can reach the hub. "
+        f"[{type(error).__name__}: {reason}]"
+    )
+
+
+def load_translator(spec: Translator, where: str, dev: torch.device) -> Loaded:
+    """A hub name or local folder as a Loaded translator on `dev`; any failure exits with one message."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    local = is_local(spec.model)
+    path = Path(spec.model).expanduser()
+    if local and not (path / "config.json").exists():
+        fail(f"{where}: {spec.model}: not a model folder (no config.json); give a save_pretrained folder or hub name")
+    source = str(path) if local else spec.model
+    try:
+        kwargs = {"src_lang": spec.src_lang} if spec.src_lang else {}
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision, **kwargs)
+        model = AutoModelForSeq2SeqLM.from_pretrained(source, revision=spec.revision)
+    except OSError as e:
+        fail(f"{where}: cannot load {source}: {e}" if local else unreachable(where, spec.model, e))
+    except ValueError as e:  # e.g. a causal LM or a classifier
+        fail(f"{where}: {spec.model!r} is not a seq2seq translation checkpoint: {str(e).splitlines()[0]}")
+    bos = None
+    if spec.forced_bos_token:
+        bos = tokenizer.convert_tokens_to_ids(spec.forced_bos_token)
+        if bos is None or bos == tokenizer.unk_token_id:
+            fail(f"{where}.forced_bos_token: {spec.forced_bos_token!r} is not a token of {spec.model}")
+    commit = getattr(model.config, "_commit_hash", None) or spec.revision or "unpinned"
+    identity = folder_hash(path) if local else f"hub:{spec.model}@{commit}"
+    return Loaded(model.to(dev).eval(), tokenizer, dev, identity, spec.prefix, bos)
+
+
+def load_translators(p: AugmentParams, models: Path) -> tuple[Loaded, Loaded]:
+    """(en_es, es_en): the translate stage's models on the CPU (as always), or the two of augment.translators on
+    stages.training.device()."""
+    from stages.training import device
+
+    if p.translators == "pipeline":
+        for name in ("en-es", "es-en"):
+            if not (models / name / "config.json").exists():
+                fail(f"{models / name}: no translator; run `python -m stages.translate` first")
+        cpu = torch.device("cpu")
+        return tuple(load_translator(Translator(str(models / n)), f"{models / n}", cpu) for n in ("en-es", "es-en"))
+    dev = device()
+    specs = {k: Translator(v) if isinstance(v, str) else v for k, v in dataclasses.asdict(p.translators).items()}
+    specs = {k: v if isinstance(v, Translator) else Translator(**v) for k, v in specs.items()}
+    return load_translator(specs["en_es"], "augment.translators.en_es", dev), load_translator(
+        specs["es_en"], "augment.translators.es_en", dev
+    )
+
+
+# --- translation cache ------------------------------------------------------------------------------------------
+
+
+class TranslationCache:
+    """Translations on disk, one JSON file per (model identity, decoding settings, text), under `root`.
+
+    Files are written to a temp name and renamed, so a killed run leaves whole entries or none; an entry that does
+    not parse, or holds another key, is ignored with a warning (counted as corrupt) and rewritten. root=None: off.
+    """
+
+    def __init__(self, root: Path | None):
+        self.root = root
+        self.counts = {"pivot": {"hits": 0, "misses": 0}, "back": {"hits": 0, "misses": 0}, "corrupt": 0}
+
+    def path(self, key: dict) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        return self.root / digest[:2] / f"{digest}.json"
+
+    def get(self, key: dict) -> list[str] | None:
+        if self.root is None or not (path := self.path(key)).exists():
+            return None
+        try:
+            entry = json.loads(path.read_text())
+            found = entry["translations"]
+            if entry["key"] != key or not isinstance(found, list) or not all(isinstance(t, str) for t in found):
+                raise ValueError("not the entry of this key")
+            return found
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            warnings.warn(f"{path}: corrupt translation cache entry ignored ({e})", stacklevel=2)
+            self.counts["corrupt"] += 1
+            return None
+
+    def put(self, key: dict, translations: list[str]) -> None:
+        if self.root is None:
+            return
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "translations": translations}, ensure_ascii=False))
+        os.replace(tmp, path)
+
+
+# --- generation -------------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def generate(model, tokenizer, texts: list[str], max_length: int, batch_size: int, **kwargs) -> list[list[str]]:
+def generate(t: Loaded, texts: list[str], max_length: int, batch_size: int, **kwargs) -> list[list[str]]:
     """For each text, its translations (num_return_sequences of them); batches of similar length, input order."""
-    model.eval()
+    from stages.training import autocast
+
     k = kwargs.get("num_return_sequences", 1)
+    if t.forced_bos_token_id is not None:
+        kwargs["forced_bos_token_id"] = t.forced_bos_token_id
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: list[list[str]] = [[] for _ in texts]
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
-        enc = tokenizer(
-            [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-        )
-        ids = model.generate(**enc.to(model.device), max_new_tokens=max_length, **kwargs)  # (B * k, T)
-        decoded = [s.strip() for s in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        enc = t.tokenizer(
+            [t.prefix + texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
+            return_tensors="pt",
+        )  # fmt: skip
+        with autocast(t.device):
+            ids = t.model.generate(**enc.to(t.device), max_new_tokens=max_length, **kwargs)  # (B * k, T)
+        decoded = [s.strip() for s in t.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         for j, i in enumerate(idx):
             out[i] = decoded[j * k : (j + 1) * k]
     return out
 
 
-def back_translate(en_es, es_en, tokenizer, texts: list[str], p: AugmentParams) -> list[list[str]]:
+def cached_generate(
+    t: Loaded, texts: list[str], cache: TranslationCache, step: str, max_length: int, batch_size: int,
+    stream: dict | None = None, **kwargs,
+) -> list[list[str]]:  # fmt: skip
+    """generate(), reading and filling `cache`; only the texts it lacks are translated.
+
+    stream (seed, ...): the pass samples from one torch stream seeded here, so a text's output depends on every text
+    before it: the stream and the text's position go into each key, and one missing entry reruns the whole pass.
+    """
+    import transformers
+
+    settings = {
+        "transformers": transformers.__version__, "device": t.device.type,
+        "bf16": t.device.type == "cuda" and torch.cuda.is_bf16_supported(), "prefix": t.prefix,
+        "forced_bos_token_id": t.forced_bos_token_id, "max_length": max_length, **kwargs, "stream": stream,
+    }  # fmt: skip
+    keys = [{"model": t.identity, "settings": settings, "text": text} for text in texts]
+    if stream is not None:  # the same text twice in one stream samples twice: position tells them apart
+        keys = [{**key, "position": i} for i, key in enumerate(keys)]
+    found = [cache.get(key) for key in keys]
+    todo = [i for i, f in enumerate(found) if f is None]
+    if stream is not None and todo:
+        todo = list(range(len(texts)))
+        torch.manual_seed(stream["seed"])
+    if todo:
+        new = generate(t, [texts[i] for i in todo], max_length, batch_size, **kwargs)
+        for i, translations in zip(todo, new, strict=True):
+            found[i] = translations
+            cache.put(keys[i], translations)
+    cache.counts[step]["hits"] += len(texts) - len(todo)
+    cache.counts[step]["misses"] += len(todo)
+    return found
+
+
+def back_translate(en_es: Loaded, es_en: Loaded, texts: list[str], p: AugmentParams, cache) -> list[list[str]]:
     """num_paraphrases English paraphrases per text: a beam-searched Spanish pivot, sampled back to English."""
-    max_length = min(p.max_length, en_es.config.max_position_embeddings, es_en.config.max_position_embeddings)
-    pivot = generate(en_es, tokenizer, texts, max_length, p.batch_size, num_beams=p.pivot_beams)
-    torch.manual_seed(p.seed)
-    return generate(
-        es_en, tokenizer, [s[0] for s in pivot], max_length, p.batch_size, do_sample=True, top_k=p.top_k,
+    positions = [getattr(t.model.config, "max_position_embeddings", p.max_length) for t in (en_es, es_en)]
+    max_length = min(p.max_length, *positions)  # T5 has relative positions: no cap
+    pivot = cached_generate(en_es, texts, cache, "pivot", max_length, p.batch_size, num_beams=p.pivot_beams)
+    pivots = [s[0] for s in pivot]
+    stream = {"seed": p.seed, "batch_size": p.batch_size,
+              "pivots": hashlib.sha256(json.dumps(pivots, ensure_ascii=False).encode()).hexdigest()}  # fmt: skip
+    return cached_generate(
+        es_en, pivots, cache, "back", max_length, p.batch_size, stream, do_sample=True, top_k=p.top_k,
         top_p=p.top_p, temperature=p.temperature, num_return_sequences=p.num_paraphrases, num_beams=1,
     )  # fmt: skip
 
@@ -166,25 +376,30 @@ def chrf_to_source(texts: list[str], sources: list[str]) -> list[float]:
     return chrf.compute(predictions=texts, references=sources, sentence_scores=True)["sentence_chrf"]
 
 
+def recorded_params(p: AugmentParams) -> dict:
+    """p as meta.json records it. `translators: pipeline` is left out: the default config's artifact stays
+    byte-identical to the one written before the key existed (same dvc.lock hash, no fine-tuning rerun)."""
+    params = dataclasses.asdict(p)
+    if params["translators"] == "pipeline":
+        del params["translators"]
+    return params
+
+
 def run(
-    p: AugmentParams, task: Path = TASK, models: Path = MODELS, out: Path = OUT, metrics_path: Path = METRICS
-) -> dict:
+    p: AugmentParams, task: Path = TASK, models: Path = MODELS, out: Path = OUT, metrics_path: Path = METRICS,
+    cache: Path | None = CACHE,
+) -> dict:  # fmt: skip
     from datasets import Dataset, Features, Value, load_from_disk
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     if p.threads:
         torch.set_num_threads(p.threads)
+    en_es, es_en = load_translators(p, models)  # first: a missing checkpoint fails before any work
     train = load_from_disk(str(task))["train"]
-    for name in ("en-es", "es-en"):
-        if not (models / name / "config.json").exists():
-            fail(f"{models / name}: no translator; run `python -m stages.translate` first")
-    tokenizer = AutoTokenizer.from_pretrained(models / "en-es")
-    en_es = AutoModelForSeq2SeqLM.from_pretrained(models / "en-es")
-    es_en = AutoModelForSeq2SeqLM.from_pretrained(models / "es-en")
+    translations = TranslationCache(cache)
 
     rows = train.to_list()
     t0 = time.time()
-    paraphrases = back_translate(en_es, es_en, tokenizer, [r["text"] for r in rows], p)
+    paraphrases = back_translate(en_es, es_en, [r["text"] for r in rows], p, translations)
     seconds = time.time() - t0
     candidates = [
         {"text": text, "label": r["label"], "source_text": r["text"], "book": r["book"], "chapter": r["chapter"],
@@ -207,7 +422,10 @@ def run(
         "kept": len(kept),
         "drops": dict(sorted(Counter(r for r, _ in dropped).items())),
         "kept_per_label": {name: sum(c["label"] == i for c in kept) for i, name in enumerate(label.names)},
-        "sentences_per_second": round(len(candidates) / max(seconds, 1e-9), 2),
+        "translation_cache": translations.counts,  # texts per pass: read from the cache, or translated
+        "sentences_per_second": round(
+            translations.counts["back"]["misses"] * p.num_paraphrases / max(seconds, 1e-9), 2
+        ),
     }
     samples = [{"status": "kept", **c} for c in kept[:: max(1, len(kept) // max(1, p.samples))][: p.samples]]
     per_reason = defaultdict(list)
@@ -219,13 +437,41 @@ def run(
         with open(tmp / "samples.jsonl", "w") as f:
             for row in samples + [r for rs in per_reason.values() for r in rs]:
                 f.write(json.dumps({**row, "label": label.int2str(row["label"])}, ensure_ascii=False) + "\n")
-        write_json(meta(p, **metrics), tmp / "meta.json")
+        info = meta(recorded_params(p), **metrics)
+        if p.translators != "pipeline":
+            info["translators"] = {"en_es": en_es.identity, "es_en": es_en.identity}
+        write_json(info, tmp / "meta.json")
     write_json(metrics, metrics_path)
     return metrics
 
 
+def undeclared_translators(p: AugmentParams, dvc_file: Path = DVC_FILE) -> list[str]:
+    """The local translator folders of augment.translators that no dep of the augment stage in dvc.yaml covers:
+    DVC would not rerun augment when they change. Hub names need no dep: params.yaml pins them by name (and
+    revision)."""
+    import yaml
+
+    if p.translators == "pipeline" or not dvc_file.exists():
+        return []
+    deps = [Path(d).resolve() for d in yaml.safe_load(dvc_file.read_text())["stages"]["augment"]["deps"]]
+    problems = []
+    for key in ("en_es", "es_en"):
+        spec = getattr(p.translators, key)
+        name = spec if isinstance(spec, str) else spec.model
+        folder = Path(name).expanduser().resolve()
+        if is_local(name) and not any(folder == d or d in folder.parents for d in deps):
+            problems.append(
+                f"augment.translators.{key}: the local translator {name} is not a dependency of the augment stage; "
+                f"add it to the stage's deps in {dvc_file}, so that DVC reruns augment when the model changes"
+            )
+    return problems
+
+
 def main() -> None:
-    print(json.dumps(run(load_params("augment", AugmentParams)), indent=2))
+    p = load_params("augment", AugmentParams)
+    for problem in undeclared_translators(p):
+        fail(problem)
+    print(json.dumps(run(p), indent=2))
 
 
 if __name__ == "__main__":

@@ -153,7 +153,9 @@ class atomic_dir:
 # Measurements of one execution (time, throughput, memory): they vary from run to run, so they go to metrics and
 # never into an artifact, which keeps the artifacts of the same inputs and params byte-identical (and their
 # dvc.lock hashes equal) from one run to the next.
-MEASURED = frozenset({"train_seconds", "seconds", "tokens_per_second", "sentences_per_second", "peak_memory_mb"})
+MEASURED = frozenset(
+    {"train_seconds", "seconds", "tokens_per_second", "sentences_per_second", "peak_memory_mb", "translation_cache"}
+)
 
 
 def meta(params, /, **counts) -> dict:

@@ -82,3 +82,5 @@ def test_compare_ignores_measurements_and_honours_the_tolerance() -> None:
     assert compare("m.json", {"acc": 0.4}, {"acc": 0.41}, tolerance=1e-6) == [Mismatch("m.json", "acc", 0.4, 0.41)]
     assert compare("m.json", {"acc": 0.4}, {"acc": 0.41}, tolerance=0.05) == []
     assert compare("m.json", {"ok": True}, {"ok": 1}, tolerance=0.5) == [Mismatch("m.json", "ok", True, 1)]
+    cold, warm = ({"translation_cache": {"pivot": {"hits": h, "misses": 224 - h}}} for h in (0, 224))
+    assert compare("augment.json", flatten(cold), flatten(warm), tolerance=1e-6) == []  # inside a measurement

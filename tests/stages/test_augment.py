@@ -1,11 +1,14 @@
 """augment: each filter drops with its reason on literal pairs; end to end on tiny translators, labels are kept,
-the output has the task's features (even when empty), metrics add up, and a rerun repeats."""
+the output has the task's features (even when empty), metrics add up, and a rerun repeats. Translators given as
+local paths give the pipeline's output; a rerun reads every translation from the cache (a corrupt entry is
+ignored); an unreachable hub name fails with one message naming the params key."""
 
 import dataclasses
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from stages import augment as A
 from stages.common import load_params
@@ -96,9 +99,9 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
     return tmp / "1_ingest/task", tmp / "5_translate"
 
 
-def run_augment(tmp: Path, inputs, p: A.AugmentParams) -> tuple[dict, Path]:
+def run_augment(tmp: Path, inputs, p: A.AugmentParams, cache: Path | None = None) -> tuple[dict, Path]:
     task, models = inputs
-    metrics = A.run(p, task, models, tmp / "6_augment", tmp / "augment.json")
+    metrics = A.run(p, task, models, tmp / "6_augment", tmp / "augment.json", cache=cache or tmp / "cache")
     return metrics, tmp / "6_augment"
 
 
@@ -135,3 +138,78 @@ def test_everything_dropped_writes_an_empty_dataset(tmp_path, inputs):
     assert metrics["kept"] == len(aug) == 0 and sum(metrics["drops"].values()) == metrics["generated"]
     assert aug.column_names == ["text", "label", "source_text", "book", "chapter", "verse"]
     assert aug.features["label"] == load_from_disk(str(inputs[0]))["train"].features["label"]
+
+
+def local(models: Path, **options) -> A.Translators:
+    return A.Translators(A.Translator(str(models / "en-es"), **options), str(models / "es-en"))
+
+
+def test_translators_params_parse():
+    from stages.common import ParamsError, from_dict
+
+    fields = {f.name: getattr(P, f.name) for f in dataclasses.fields(P)}
+    p = from_dict(
+        A.AugmentParams, {**fields, "translators": {"en_es": "a/b", "es_en": {"model": "c", "prefix": "x"}}}, "t"
+    )
+    assert p.translators == A.Translators("a/b", A.Translator("c", prefix="x"))
+    assert from_dict(A.AugmentParams, fields, "t").translators == "pipeline"
+    with pytest.raises(ParamsError, match="translators"):
+        from_dict(A.AugmentParams, {**fields, "translators": "opus"}, "t")
+
+
+def test_local_translators_paraphrase_and_a_rerun_reads_the_cache(tmp_path, inputs):
+    from datasets import load_from_disk
+
+    ours, out0 = run_augment(tmp_path / "pipeline", inputs, LENIENT)
+    p = dataclasses.replace(LENIENT, translators=local(inputs[1]))
+    first, out1 = run_augment(tmp_path / "first", inputs, p, cache=tmp_path / "cache")
+    assert first["kept"] > 0 and first["kept"] + sum(first["drops"].values()) == first["generated"] == 42
+    assert json.loads((tmp_path / "first/augment.json").read_text())["drops"] == first["drops"]
+    assert first["translation_cache"] == {"pivot": {"hits": 0, "misses": 21}, "back": {"hits": 0, "misses": 21},
+                                          "corrupt": 0}  # fmt: skip
+    texts = list(load_from_disk(str(out1))["text"])
+    if not torch.cuda.is_available():  # the same models on the same device: the pipeline's paraphrases
+        assert texts == list(load_from_disk(str(out0))["text"])
+    assert json.loads((out1 / "meta.json").read_text())["translators"]["en_es"].startswith("sha256:")
+
+    again, out2 = run_augment(tmp_path / "again", inputs, p, cache=tmp_path / "cache")
+    assert again["translation_cache"] == {"pivot": {"hits": 21, "misses": 0}, "back": {"hits": 21, "misses": 0},
+                                          "corrupt": 0}  # fmt: skip
+    assert list(load_from_disk(str(out2))["text"]) == texts
+    assert (out2 / "meta.json").read_bytes() == (out1 / "meta.json").read_bytes()
+
+    entry = sorted((tmp_path / "cache").rglob("*.json"))[0]
+    entry.write_text('{"key": {"model": "tru')  # a torn write: ignored, never trusted
+    with pytest.warns(UserWarning, match="corrupt translation cache entry"):
+        third, out3 = run_augment(tmp_path / "third", inputs, p, cache=tmp_path / "cache")
+    assert third["translation_cache"]["corrupt"] == 1 and list(load_from_disk(str(out3))["text"]) == texts
+    assert json.loads(entry.read_text())["translations"]  # rewritten whole
+
+
+def test_unreachable_hub_name_fails_with_one_message(tmp_path, inputs, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    name = "no-such-org/opus-mt-made-up-xx-yy"
+    p = dataclasses.replace(LENIENT, translators=A.Translators(name, str(inputs[1] / "es-en")))
+    with pytest.raises(SystemExit):
+        run_augment(tmp_path, inputs, p)
+    err = capsys.readouterr().err
+    assert "augment.translators.en_es" in err and name in err and "HF_HUB_OFFLINE" in err
+    assert "hf download" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_forced_bos_token_names_its_key(tmp_path, inputs, capsys):
+    p = dataclasses.replace(LENIENT, translators=local(inputs[1], forced_bos_token="zzz_Made"))
+    with pytest.raises(SystemExit):
+        run_augment(tmp_path, inputs, p)
+    assert "augment.translators.en_es.forced_bos_token" in capsys.readouterr().err
+
+
+def test_a_local_translator_must_be_a_dep_of_the_stage(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages:\n  augment:\n    deps: [stages/augment.py, models/opus]\n")
+    p = dataclasses.replace(P, translators=A.Translators("models/opus/en-es", "models/other/es-en"))
+    problems = A.undeclared_translators(p, tmp_path / "dvc.yaml")
+    assert len(problems) == 1 and "augment.translators.es_en" in problems[0]
+    assert A.undeclared_translators(dataclasses.replace(P, translators=A.Translators("a/b", "c/d"))) == []
