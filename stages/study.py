@@ -24,9 +24,10 @@ Early stopping, the baseline's C and n-grams: on the validation split. The test 
 import json
 import math
 import random
+import shutil
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -41,6 +42,8 @@ AUGMENT = Path("data/6_augment")
 METRICS = Path("metrics/study.json")
 REPORT = Path("reports/study.md")
 PLOTS = Path("reports/study")
+CHECKPOINTS = Path("checkpoints/study")  # finished cells (<key>.json) and the running one's epochs: a killed study
+# resumes where it was; removed when the study has written its results
 
 
 @dataclass(frozen=True)
@@ -221,15 +224,19 @@ def perplexity(body, pretrained: Path, blocks: torch.Tensor, batch_size: int = 3
     return math.exp(lm_loss(lm.to(dev), blocks, batch_size, dev))
 
 
-def fit_neural(run, t, lr: float, train_set, val_set, test_set, pad_id: int, labels: list[str], blocks=None) -> dict:
-    """One fine-tuning run (stages.finetune's model and loop); test scores, and perplexity when `blocks` is given."""
+def fit_neural(run, t, lr: float, train_set, val_set, test_set, pad_id: int, labels: list[str], fp: str,
+               blocks=None) -> dict:  # fmt: skip
+    """One fine-tuning run (stages.finetune's model and loop, resumable from CHECKPOINTS/train); test scores, and
+    perplexity when `blocks` is given."""
     from stages.evaluate import score
     from stages.finetune import build_classifier, predict, train
+    from stages.training import remove_checkpoint
 
     seed_everything(t.seed)
     model = build_classifier(run, PRETRAINED, len(labels), t)
-    best, curve = train(model, train_set, val_set, lr, t, pad_id)
-    model.load_state_dict(best)
+    best, curve = train(model, train_set, val_set, lr, t, pad_id, CHECKPOINTS / "train", fp)
+    model.load_state_dict(best, strict=False)  # the best trainable tensors; the frozen ones never moved
+    remove_checkpoint(CHECKPOINTS / "train")
     out = score(predict(model, test_set[0], pad_id, t.eval_batch_size), test_set[1], labels)
     out["best_epoch"] = max(curve, key=lambda c: c["val_accuracy"])["epoch"]
     if blocks is not None:
@@ -255,7 +262,7 @@ def run(p: StudyParams) -> dict:
 
     from stages.baseline import BaselineParams, BaselineRunParams
     from stages.finetune import RunParams, TrainParams, build_classifier, load_body
-    from stages.training import count_params
+    from stages.training import count_params, fingerprint
 
     start = time.perf_counter()
     t0 = load_params("finetune.train", TrainParams)
@@ -285,15 +292,40 @@ def run(p: StudyParams) -> dict:
         for k, text, seq, y in zip(aug_keys, aug["text"], ids["input_ids"], aug["label"], strict=True):
             paraphrases.setdefault(k, []).append((text, seq, y))
 
-    def neural(name, t, scale, train_set, ppl=False):
-        t1 = time.perf_counter()
-        res = fit_neural(runs[name], t, base_lr * scale, train_set, (val_ids, val_labels), (test_ids, test_labels),
-                         pad_id, labels, blocks if ppl else None)  # fmt: skip
-        return {**res, "seed": t.seed, "seconds": round(time.perf_counter() - t1, 1)}
+    inputs = fingerprint({}, TASK, TOKENIZER, PRETRAINED, AUGMENT, BLOCKS)
 
-    def baseline(train_set, seed):
-        res = fit_baseline(bp, train_set, (val_texts, val_labels), (test_texts, test_labels), labels)
-        return {**res, "seed": seed}
+    def cached(what: dict, fit) -> dict:
+        """fit()'s result, or the one a killed study already finished for the same `what` and inputs."""
+        key = fingerprint({**what, "inputs": inputs})
+        path = CHECKPOINTS / f"{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        t1 = time.perf_counter()
+        res = {**fit(key), "seed": what["seed"], "seconds": 0.0}
+        res["seconds"] = round(time.perf_counter() - t1, 1)
+        write_json(res, path)
+        return res
+
+    def neural(name, t, scale, idx, extra=(), ppl=False):
+        train_set = (
+            [pool_ids[i] for i in idx] + [r[1] for r in extra],
+            [pool_labels[i] for i in idx] + [r[2] for r in extra],
+        )
+        what = {"run": asdict(runs[name]), "train": asdict(t), "lr_scale": scale, "seed": t.seed,
+                "train_set": train_set, "perplexity": ppl}  # fmt: skip
+        return cached(what, lambda fp: fit_neural(
+            runs[name], t, base_lr * scale, train_set, (val_ids, val_labels), (test_ids, test_labels), pad_id, labels,
+            fp, blocks if ppl else None))  # fmt: skip
+
+    def baseline(idx, seed, extra=()):
+        train_set = (
+            [pool_texts[i] for i in idx] + [r[0] for r in extra],
+            [pool_labels[i] for i in idx] + [r[2] for r in extra],
+        )
+        what = {"baseline": asdict(bp), "seed": seed, "train_set": train_set}
+        return cached(
+            what, lambda _: fit_baseline(bp, train_set, (val_texts, val_labels), (test_texts, test_labels), labels)
+        )
 
     cells: dict = {}  # (run, size) -> [result per seed]
     sizes = sorted(set(p.sizes))
@@ -301,22 +333,17 @@ def run(p: StudyParams) -> dict:
         for seed in p.seeds:
             t = replace(t0, seed=seed)
             idx = draw(keys, pool_labels, train_keys, size, seed)
-            ids_set = ([pool_ids[i] for i in idx], [pool_labels[i] for i in idx])
-            text_set = ([pool_texts[i] for i in idx], [pool_labels[i] for i in idx])
             extra = [row for i in idx for row in paraphrases.get(keys[i], [])] if size == sizes[0] else []
             for name in p.runs:
                 ppl = name == p.forgetting_run and size == default
-                cells.setdefault((name, size), []).append(neural(name, t, runs[name].lr_scale, ids_set, ppl))
+                cells.setdefault((name, size), []).append(neural(name, t, runs[name].lr_scale, idx, ppl=ppl))
                 if extra and name in p.augmented_runs:
-                    bt = (ids_set[0] + [r[1] for r in extra], ids_set[1] + [r[2] for r in extra])
-                    res = neural(name, t, runs[name].lr_scale, bt)
+                    res = neural(name, t, runs[name].lr_scale, idx, extra)
                     cells.setdefault((f"{name}_bt", size), []).append({**res, "paraphrases": len(extra)})
-            cells.setdefault((p.baseline, size), []).append(baseline(text_set, seed))
+            cells.setdefault((p.baseline, size), []).append(baseline(idx, seed))
             if extra and p.baseline in p.augmented_runs:
-                bt = (text_set[0] + [r[0] for r in extra], text_set[1] + [r[2] for r in extra])
-                cells.setdefault((f"{p.baseline}_bt", size), []).append(
-                    {**baseline(bt, seed), "paraphrases": len(extra)}
-                )
+                res = baseline(idx, seed, extra)
+                cells.setdefault((f"{p.baseline}_bt", size), []).append({**res, "paraphrases": len(extra)})
             done = {f"{r}@{n}": round(v[-1]["accuracy"], 4) for (r, n), v in cells.items() if n == size}
             print(f"size {size} seed {seed}: test accuracy {done}", flush=True)
 
@@ -324,10 +351,10 @@ def run(p: StudyParams) -> dict:
     if default in sizes and p.forgetting_run in p.runs and p.forgetting_lr_scales:
         fr = runs[p.forgetting_run]
         scales = {fr.lr_scale: cells[(p.forgetting_run, default)]}
-        train_set = tuple(columns(task["train"], "input_ids", "label"))
         for scale in sorted(set(p.forgetting_lr_scales) - {fr.lr_scale}):
             for seed in p.seeds:
-                res = neural(p.forgetting_run, replace(t0, seed=seed), scale, train_set, ppl=True)
+                idx = draw(keys, pool_labels, train_keys, default, seed)  # the train split
+                res = neural(p.forgetting_run, replace(t0, seed=seed), scale, idx, ppl=True)
                 scales.setdefault(scale, []).append(res)
                 print(f"forgetting {scale:g}x seed {seed}: perplexity {res['perplexity']:.2f}", flush=True)
         forgetting = {
@@ -406,6 +433,7 @@ def main() -> None:
     write_json(s, METRICS)
     plot(s, PLOTS)
     write_text(report(s), REPORT)
+    shutil.rmtree(CHECKPOINTS, ignore_errors=True)
     print("\n".join(s["claims"]))
 
 
