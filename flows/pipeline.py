@@ -34,7 +34,8 @@ the changed params.yaml and the results are left in the workspace.
 After the stages, the flow publishes what the pipeline reported, if it exists: reports/evaluate.md as a markdown
 artifact (`evaluation-report`), metrics/evaluate.json as a table of runs (`evaluation-metrics`) and
 reports/gates/*.json as a table of gates (`gate-reports`) and a table of every expectation with its pass/fail, the
-value observed and its bound (`gate-expectations`).
+value observed and its bound (`gate-expectations`); and reports/study.md, the study's claims over seeds, sizes and
+learning rates, when the checkout has one (`study-report`).
 """
 
 import argparse
@@ -218,7 +219,7 @@ def expectation_rows(reports: list[Path]) -> list[dict[str, Any]]:
 
 
 def publish_reports(root: Path) -> list[str]:
-    """Publish the evaluation report, its metrics and the gate reports as artifacts; return the keys published."""
+    """Publish the evaluation report, its metrics, the gate reports and the study as artifacts; return their keys."""
     keys = []
     metrics, report = root / "metrics" / "evaluate.json", root / "reports" / "evaluate.md"
     if metrics.exists() and report.exists():
@@ -234,6 +235,10 @@ def publish_reports(root: Path) -> list[str]:
             expectation_rows(gates), key="gate-expectations", description="every gate expectation, observed vs bound"
         )
         keys += ["gate-reports", "gate-expectations"]
+    study = root / "reports" / "study.md"  # committed by `dvc repro study/dvc.yaml`, which this flow does not run
+    if study.exists():
+        create_markdown_artifact(study.read_text(), key="study-report", description="reports/study.md")
+        keys.append("study-report")
     return keys
 
 

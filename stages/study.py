@@ -39,6 +39,8 @@ BLOCKS = Path("data/3_tokenize/blocks")
 TOKENIZER = Path("data/3_tokenize/tokenizer")
 PRETRAINED = Path("models/4_pretrain")
 AUGMENT = Path("data/6_augment")
+TRANSLATE_METRICS = Path("metrics/translate.json")  # the translators' quality and the paraphrase filter's statistics:
+AUGMENT_METRICS = Path("metrics/augment.json")  # quoted beside the back-translation results, which they explain
 METRICS = Path("metrics/study.json")
 REPORT = Path("reports/study.md")
 PLOTS = Path("reports/study")
@@ -189,6 +191,12 @@ def report(s: dict) -> str:
             base = de[r][str(sizes[0])]["accuracy"]["mean"]
             lines.append(f"| {r} | {base:.3f} | {c['accuracy']['mean']:.3f} ± {c['accuracy']['std']:.3f} "
                          f"| {(c['accuracy']['mean'] - base) * 100:+.1f} | {c['paraphrases']:.0f} |")  # fmt: skip
+        if q := s.get("translation"):
+            drops = ", ".join(f"{k} {v}" for k, v in q["drops"].items())
+            lines += ["", f"Why, in numbers: the translators score BLEU {q['bleu_en_es']} en->es and "
+                      f"{q['bleu_es_en']} es->en, round-trip chrF {q['round_trip_chrf']} ({TRANSLATE_METRICS}); the "
+                      f"quality filter kept {q['kept']} of {q['generated']} paraphrases, dropping {drops} "
+                      f"({AUGMENT_METRICS}). Kept and dropped pairs: data/6_augment/samples.jsonl."]  # fmt: skip
         lines.append("")
     if f := s.get("forgetting"):
         lines += [f"## Forgetting: {s['forgetting_run']} at {s['default_size']} labels per class", "",
@@ -384,10 +392,21 @@ def run(p: StudyParams) -> dict:
         "augmentation": {name: {**cell(rs), "paraphrases": statistics.fmean(r["paraphrases"] for r in rs)}
                          for name, rs in bt_cells.items()},
         "forgetting": forgetting,
+        "translation": translation_quality() if bt_cells else None,
     }  # fmt: skip
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["claims"] = claims(result)
     return result
+
+
+def translation_quality() -> dict | None:
+    """What explains back-translation's effect: translator BLEU/chrF and the paraphrase filter's counts."""
+    if not (TRANSLATE_METRICS.exists() and AUGMENT_METRICS.exists()):
+        return None
+    t, a = json.loads(TRANSLATE_METRICS.read_text()), json.loads(AUGMENT_METRICS.read_text())
+    return {"bleu_en_es": t["en-es"]["bleu"], "bleu_es_en": t["es-en"]["bleu"],
+            "round_trip_chrf": t["round_trip_chrf"], "generated": a["generated"], "kept": a["kept"],
+            "drops": a["drops"]}  # fmt: skip
 
 
 def plot(s: dict, out: Path) -> None:

@@ -135,6 +135,8 @@ def make_dvc_project() -> Callable[..., Path]:
         dvc(root, "config", "core.analytics", "false")
         (root / "params.yaml").write_text(yaml.safe_dump({**TOY_PARAMS, **(params or {})}, sort_keys=False))
         (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": TOY_STAGES}, sort_keys=False, width=1000))
+        (root / "reports").mkdir(exist_ok=True)  # a committed study report, as `dvc repro study/dvc.yaml` leaves
+        (root / "reports" / "study.md").write_text("# Study\n\n- a claim: holds (60.0% vs 50.0%)\n")
         git(root, "add", "-A")
         git(root, "commit", "-q", "-m", "toy pipeline")
         return root

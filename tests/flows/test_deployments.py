@@ -94,6 +94,7 @@ def test_a_worker_runs_an_adhoc_run_triggered_through_the_api(
         "evaluation-metrics",
         "gate-reports",
         "gate-expectations",
+        "study-report",
     }
     by_key = {a.key: a for a in artifacts}
     assert json.loads(by_key["evaluation-metrics"].data)[0] == {

@@ -170,7 +170,14 @@ def test_flow_publishes_evaluation_and_gate_artifacts(completed_run: tuple[Path,
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
     by_key = {a.key: a for a in artifacts}
-    assert set(by_key) == {"evaluation-report", "evaluation-metrics", "gate-reports", "gate-expectations"}
+    assert set(by_key) == {
+        "evaluation-report",
+        "evaluation-metrics",
+        "gate-reports",
+        "gate-expectations",
+        "study-report",
+    }
+    assert by_key["study-report"].data == (root / "reports" / "study.md").read_text()
 
     assert by_key["evaluation-report"].type == "markdown"
     assert by_key["evaluation-report"].data == (root / "reports" / "evaluate.md").read_text()
