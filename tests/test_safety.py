@@ -68,3 +68,13 @@ def test_results_name_no_path_of_the_machine_that_made_them(tiny_project):
     assert len(files) > 30  # the artifacts are there to be checked
     found = [(f, leak) for f in files for leak in leaks if leak in f.read_text(errors="replace")]
     assert not found, found
+
+
+def test_services_listen_on_localhost_only():
+    """Prefect's server binds 127.0.0.1 unless told otherwise, and nothing in the repo tells it otherwise."""
+    from prefect.settings import get_current_settings
+
+    assert get_current_settings().server.api.host == "127.0.0.1"
+    texts = [ROOT / "README.md", ROOT / "prefect.yaml", ROOT / "Makefile", ROOT / ".ci" / "run", *SOURCES]
+    offenders = [str(p.relative_to(ROOT)) for p in texts if "0.0.0.0" in p.read_text() or "--host ::" in p.read_text()]
+    assert offenders == []

@@ -44,3 +44,16 @@ def test_a_kill_inside_save_leaves_a_resumable_checkpoint(tmp_path, leftover):
     model, opt, sched = parts(seed=4)
     assert load_checkpoint(ckpt, model, opt, sched, "fp")["step"] == 2
     assert torch.equal(model.weight, second.weight)
+
+
+@pytest.mark.parametrize("damage", ["truncated_weights", "garbage_state"])
+def test_a_corrupt_checkpoint_fails_naming_it_and_keeps_it(tmp_path, damage):
+    ckpt = tmp_path / "ckpt"
+    saved(ckpt, 1)
+    target = ckpt / ("model.safetensors" if damage == "truncated_weights" else "state.pt")
+    target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2] if damage == "truncated_weights" else b"x")
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    model, opt, sched = parts(seed=2)
+    with pytest.raises(RuntimeError, match=rf"(?s){ckpt}: corrupt checkpoint .*delete it to start afresh"):
+        load_checkpoint(ckpt, model, opt, sched, "fp")
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before  # nothing deleted behind the user's back
