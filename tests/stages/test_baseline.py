@@ -122,7 +122,7 @@ def test_runs_record_their_choice_and_evaluate_scores_them(workspace, tmp_path):
     metrics = evaluate_run(EvaluateParams(split="test"), [], task_dir=workspace / "task",
                            metrics_path=tmp_path / "e.json", report_path=tmp_path / "e.md",
                            baseline_names=["tfidf", "tfidf_bt"], baselines=out,
-                           baseline_metrics=tmp_path / "metrics")  # fmt: skip
+                           baseline_metrics=tmp_path / "metrics", plots=tmp_path / "plots")  # fmt: skip
     assert set(metrics["runs"]) == {"tfidf", "tfidf_bt"} and metrics["examples"] == 21
     expected = sum(p == y for p, y in zip(preds, test["label"], strict=True)) / len(test)
     assert metrics["runs"]["tfidf"]["accuracy"] == pytest.approx(expected, abs=1e-4)

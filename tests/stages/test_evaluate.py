@@ -19,3 +19,11 @@ def test_a_verse_without_a_prediction_fails_naming_it(capsys):
     with pytest.raises(SystemExit):
         aligned([record("validation", 1, 0)], "test", [("Gen", 1, 1)])
     assert "1 test verse(s) without a prediction, e.g. ('Gen', 1, 1)" in capsys.readouterr().err
+
+
+def test_plot_files_for_dvc_plots():
+    from stages.evaluate import confusion_csv, curve_csv
+
+    assert confusion_csv([1, 0], [1, 1], ["law", "history"]) == "actual,predicted\nhistory,history\nhistory,law\n"
+    curve = [{"epoch": 1, "train_loss": 1.5, "val_accuracy": 0.25}]
+    assert curve_csv(curve) == "epoch,train_loss,val_accuracy\n1,1.500000,0.250000\n"

@@ -130,8 +130,13 @@ def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):
     assert summary["success"], gate.failure_message(summary)
     metrics = evaluate_run(EvaluateParams(split="test"), list(runs), task_dir=workspace / "task",
                            models=out, metrics_path=tmp_path / "e.json", report_path=tmp_path / "e.md",
-                           finetune_metrics=tmp_path / "metrics")  # fmt: skip
+                           finetune_metrics=tmp_path / "metrics", plots=tmp_path / "plots")  # fmt: skip
     assert set(metrics["runs"]) == set(runs)
+    for run in runs:  # for `dvc plots`: a confusion matrix (a row per test verse) and the validation curve per run
+        rows = (tmp_path / "plots" / "confusion" / f"{run}.csv").read_text().splitlines()
+        assert rows[0] == "actual,predicted" and len(rows) == 1 + metrics["examples"]
+        curve = (tmp_path / "plots" / "curves" / f"{run}.csv").read_text().splitlines()
+        assert curve[0] == "epoch,train_loss,val_accuracy" and len(curve) > 1
     assert metrics["runs"]["lora"]["accuracy"] == pytest.approx(accuracy, abs=1e-4)  # rounded to 4 places
     assert "## The field's claims, as measured" in (tmp_path / "e.md").read_text()
 
