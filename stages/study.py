@@ -269,7 +269,7 @@ def run(p: StudyParams) -> dict:
     from transformers import AutoTokenizer
 
     from stages.baseline import BaselineParams, BaselineRunParams
-    from stages.finetune import RunParams, TrainParams, build_classifier, load_body
+    from stages.finetune import RunParams, TrainParams, build_classifier, load_body, recorded
     from stages.training import count_params, fingerprint
 
     start = time.perf_counter()
@@ -277,6 +277,9 @@ def run(p: StudyParams) -> dict:
     runs = {name: load_params(f"finetune.runs.{name}", RunParams) for name in {*p.runs, p.forgetting_run}}
     if runs[p.forgetting_run].init != "pretrained":
         raise ParamsError(f"forgetting_run: {p.forgetting_run!r} must have init pretrained")
+    if own := sorted(name for name, r in runs.items() if r.init == "checkpoint"):
+        raise ParamsError(f"runs: {', '.join(own)} start from a checkpoint of their own; the study scales "
+                          f"pre-training's rate and uses its tokenizer: scratch and pretrained runs only")  # fmt: skip
     bp = load_params("baseline.train", BaselineParams)
     load_params(f"baseline.runs.{p.baseline}", BaselineRunParams)
     base_lr = json.loads((PRETRAINED / "meta.json").read_text())["params"]["lr"]
@@ -319,7 +322,7 @@ def run(p: StudyParams) -> dict:
             [pool_ids[i] for i in idx] + [r[1] for r in extra],
             [pool_labels[i] for i in idx] + [r[2] for r in extra],
         )
-        what = {"run": asdict(runs[name]), "train": asdict(t), "lr_scale": scale, "seed": t.seed,
+        what = {"run": recorded(runs[name]), "train": asdict(t), "lr_scale": scale, "seed": t.seed,
                 "train_set": train_set, "perplexity": ppl}  # fmt: skip
         return cached(what, lambda fp: fit_neural(
             runs[name], t, base_lr * scale, train_set, (val_ids, val_labels), (test_ids, test_labels), pad_id, labels,
