@@ -186,3 +186,47 @@ def test_dataclass_fields_match_params_yaml():
 
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["translate"]
     assert list(section) == [f.name for f in dataclasses.fields(T.TranslateParams)]
+
+
+def test_sigkilled_run_resumes_to_identical_models(tmp_path, parallel):
+    """`python -m stages.translate` killed with SIGKILL after its first checkpoint, then rerun, ends with the same
+    weights, byte for byte, as a run never interrupted; the killed run left no models folder."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["translate"].update({**TINY, "threads": 1, "max_steps": 30})
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for d in (straight, killed):
+        shutil.copytree(parallel, d / T.PARALLEL)
+        (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def start(cwd):
+        return subprocess.Popen([sys.executable, "-m", "stages.translate"], cwd=cwd, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+    proc = start(straight)
+    assert proc.wait() == 0, proc.stdout.read()
+    proc = start(killed)
+    deadline = time.time() + 120
+    while not list((killed / "checkpoints").rglob("checkpoint.json")):
+        assert proc.poll() is None and time.time() < deadline, "finished before a checkpoint could be killed"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / T.OUT).exists()  # nothing half-written is taken for a finished model
+    proc = start(killed)
+    log = proc.communicate()[0]
+    assert proc.returncode == 0, log
+    assert "resuming at step" in log
+    for d in T.DIRECTIONS:
+        a, b = ((root / T.OUT / d / "model.safetensors").read_bytes() for root in (straight, killed))
+        assert a == b, f"{d} differs after the resume"
+    assert not list((killed / "checkpoints").rglob("checkpoint.json"))  # removed once the models are written
