@@ -39,6 +39,13 @@ def test_pack_textbook_case():
     assert pack([[1, 2], [3]], 2, eos_id=0) == [[1, 2], [0, 3]]
 
 
+def test_pack_keeps_the_last_eos_when_it_completes_a_block():
+    assert pack([[1, 2, 3]], 2, eos_id=0) == [[1, 2], [3, 0]]
+    assert pack([[1, 2, 3]], 4, eos_id=0) == [[1, 2, 3, 0]]
+    assert pack([[], [5]], 2, eos_id=0) == [[0, 5]]  # an empty document still gets its EOS
+    assert pack([], 2, eos_id=0) == pack([[1]], 4, eos_id=0) == []
+
+
 def test_pack_loses_and_duplicates_no_token():
     seqs = [list(range(i, i + n)) for i, n in enumerate([5, 1, 17, 3, 9])]
     blocks = pack(seqs, 4, eos_id=-1)
@@ -52,3 +59,109 @@ def test_document_split_is_disjoint_and_seeded():
     train, val = split_documents(100, 0.1, seed=1)
     assert set(train).isdisjoint(val) and len(train) + len(val) == 100 and len(val) == 10
     assert split_documents(100, 0.1, seed=1) == (train, val) != split_documents(100, 0.1, seed=2)
+
+
+# --- The tokenizer trained on the bundled Bibles: round trip, parity, and run()'s blocks -----------------------------
+
+UNICODE = {
+    "accents": "naïve façade, résumé; Ångström, Øresund, Łódź, São Paulo, Zürich",
+    "spanish": "El niño soñó con el año nuevo: ¿Señor, por qué? ¡Añádelo! ÑANDÚ",
+    "cjk": "太初有道，道与神同在。はじめに言があった。태초에 말씀이 계시니라",
+    "emoji": "🙂 👨‍👩‍👧‍👦 🇪🇸🇬🇧 👍🏽 ✝️ 🕊",
+    "combining": "e\u0301 n\u0303 a\u0308\u0304 Z\u0324\u0354\u0367\u0311\u0313 \u05d1\u05bc\u05b0",  # stacked
+    "controls": "tab\there\r\nnbsp\u00a0zwsp\u200bbom\ufeffend\x00",
+    "special_lookalikes": "<|endoftext <pad > <mask",
+}
+
+
+def bible_verses(name: str, n: int) -> list[str]:
+    from stages.ingest import read_raw
+
+    return [r["text"] for r in read_raw(ROOT / "data" / "raw" / f"{name}.jsonl.gz")[:n]]
+
+
+@pytest.fixture(scope="module")
+def verses() -> list[str]:
+    """A few hundred English and Spanish verses of the bundled data (Genesis 1-10 in each)."""
+    return bible_verses("web", 250) + bible_verses("sparv", 250)
+
+
+@pytest.fixture(scope="module")
+def bible_tokenizer(verses):
+    return train_tokenizer(verses, vocab_size=1000, min_frequency=2)
+
+
+def long_text(verses: list[str]) -> str:
+    text = "\n".join(v + " " + u for v, u in zip(verses, [*UNICODE.values()] * 100, strict=False))
+    assert len(text) > 10_000
+    return text
+
+
+@pytest.mark.parametrize("name", UNICODE)
+def test_bible_tokenizer_round_trips_unicode(bible_tokenizer, name):
+    text = UNICODE[name]
+    ids = bible_tokenizer.encode(text, add_special_tokens=False)
+    assert bible_tokenizer.decode(ids) == text
+    assert bible_tokenizer.unk_token_id not in ids  # byte-level: no character is unknown
+
+
+def test_bible_tokenizer_round_trips_empty_and_long(bible_tokenizer, verses):
+    assert bible_tokenizer.encode("", add_special_tokens=False) == []
+    assert bible_tokenizer.decode([]) == ""
+    for text in (long_text(verses), "ñ" * 6000, " " * 10_001):  # mixed; one 12,000-byte pre-token; whitespace
+        assert bible_tokenizer.decode(bible_tokenizer.encode(text, add_special_tokens=False)) == text
+
+
+def test_bible_tokenizer_round_trips_every_verse_in_a_batch(bible_tokenizer, verses):
+    """The stage's own call (a batch, no special tokens) on the training verses, each decoded back exactly."""
+    ids = bible_tokenizer(verses, add_special_tokens=False)["input_ids"]
+    assert bible_tokenizer.batch_decode(ids) == verses
+    assert sum(map(len, ids)) < sum(len(v.encode()) for v in verses) / 2  # merges were learned: < 0.5 token/byte
+
+
+def test_saved_bible_tokenizer_encodes_as_the_one_in_memory(bible_tokenizer, verses, tmp_path):
+    """save_pretrained + AutoTokenizer == the in-memory tokenizer == raw `tokenizers`, token for token."""
+    texts = [*verses[::25], *UNICODE.values(), "", long_text(verses)]
+    bible_tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    ids = bible_tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert loaded(texts, add_special_tokens=False)["input_ids"] == ids
+    assert [e.ids for e in bible_tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)] == ids
+    # the task's call: truncated at max_length
+    cut = dict(add_special_tokens=False, truncation=True, max_length=16)
+    assert loaded(texts, **cut)["input_ids"] == bible_tokenizer(texts, **cut)["input_ids"] == [x[:16] for x in ids]
+    assert loaded.batch_decode(ids) == texts
+    assert loaded.get_vocab() == bible_tokenizer.get_vocab()
+    assert [loaded.eos_token_id, loaded.pad_token_id, loaded.mask_token_id] == [0, 1, 2]
+
+
+def test_run_packs_every_token_in_order_and_drops_only_a_short_tail(verses, tmp_path):
+    """run(): each split's blocks, end to end, are its documents' tokens + EOS, in order, less a tail < block_size."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    from stages.tokenize import TokenizeParams, run
+
+    docs = ["\n".join(verses[i : i + 20]) for i in range(0, len(verses), 20)] + [*UNICODE.values(), ""]
+    Dataset.from_dict({"id": [f"d{i}" for i in range(len(docs))], "text": docs}).save_to_disk(tmp_path / "corpus")
+    task = Dataset.from_dict({"text": verses[:7], "label": list(range(7))})
+    DatasetDict({"train": task, "test": task}).save_to_disk(tmp_path / "task")
+    p = TokenizeParams(
+        vocab_size=600, min_frequency=2, block_size=64, max_length=16, val_fraction=0.2, seed=3, num_proc=1
+    )
+    metrics = run(p, tmp_path / "corpus", tmp_path / "task", tmp_path / "out", tmp_path / "metrics.json")
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out" / "tokenizer")
+    eos, block = tok.eos_token_id, p.block_size
+    blocks = load_from_disk(str(tmp_path / "out" / "blocks"))
+    stream_tokens = 0
+    for name, idx in zip(("train", "validation"), split_documents(len(docs), p.val_fraction, p.seed), strict=True):
+        stream = [t for i in idx for t in (*tok.encode(docs[i], add_special_tokens=False), eos)]
+        packed = [t for b in blocks[name]["input_ids"] for t in b]
+        assert {len(b) for b in blocks[name]["input_ids"]} == {block}
+        assert packed == stream[: len(packed)]  # in order; nothing lost, nothing duplicated ...
+        assert 0 <= len(stream) - len(packed) < block  # ... but the tail that does not fill a block
+        assert len(packed) // block == metrics["blocks"][name]
+        complete = tok.decode(packed).split(tok.eos_token)[:-1]
+        assert complete == [docs[i] for i in idx][: len(complete)]  # the documents come back, text for text
+        stream_tokens += len(stream)
+    assert stream_tokens == metrics["corpus_tokens"] + len(docs)  # one EOS per document, empty ones included
