@@ -1,6 +1,6 @@
 """Safe by construction: nothing loads pickles or evaluates config, and no machine's paths leak into results.
 
-The source check walks the syntax tree of every module the pipeline runs (stages/, flows/, scripts/,
+The source check walks the syntax tree of every module the pipeline runs (stages/, flows/, scripts/, bench/,
 metric_modules/), so a new `torch.load(path)` or `eval(...)` fails here with its file and line.
 """
 
@@ -11,7 +11,9 @@ import pytest
 
 from tests.conftest import ROOT
 
-SOURCES = sorted(p for d in ("stages", "flows", "scripts", "metric_modules") for p in (ROOT / d).rglob("*.py"))
+SOURCES = sorted(
+    p for d in ("stages", "flows", "scripts", "metric_modules", "bench") for p in (ROOT / d).rglob("*.py")
+)
 PICKLERS = {"pickle", "cPickle", "dill", "joblib", "cloudpickle", "shelve", "marshal"}
 
 

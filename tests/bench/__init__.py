@@ -1,0 +1,1 @@
+"""Tests of the benchmarks (bench/): each runs --quick and its report is checked."""
