@@ -84,3 +84,26 @@ def test_a_second_flow_run_in_the_workspace_fails_at_once_naming_the_first(tmp_p
     holder.wait()
     with workspace_lock(tmp_path):
         pass
+
+
+def test_two_flow_runs_at_once_the_second_fails_clearly_and_the_first_completes(
+    waiting_project: Path, prefect_server: str
+) -> None:
+    """Two real `python -m flows.pipeline` runs against the session's Prefect server, in one workspace: the second
+    fails naming the workspace and the first run; the first completes every stage, untouched."""
+    root = waiting_project
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def flow_run() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--root", str(root)], cwd=ROOT, env=env,
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+    first = flow_run()
+    wait_for(root / "started", first, timeout=180)  # its first stage runs, holding the workspace
+    second = flow_run()
+    out = second.communicate(timeout=300)[0]
+    assert second.returncode != 0, out
+    assert f"another pipeline run holds the workspace {root}" in out and f"(PID {first.pid}" in out, out[-3000:]
+    (root / "go").touch()
+    assert first.wait(timeout=300) == 0, first.stdout.read()[-3000:]
+    assert "up to date" in dvc(root, "status")
