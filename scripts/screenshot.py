@@ -42,17 +42,21 @@ def find_chromium(given: str | None) -> str:
 
 
 def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Return once `url` answers 200; RuntimeError (with the server's log tail) if the server exits or times out.
+
+    Shared with the flow tests' server fixture (tests/flows/conftest.py)."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if server.poll() is not None:
-            sys.exit(f"error: prefect server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"prefect server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
-            time.sleep(1)
-    sys.exit(f"error: prefect server not healthy after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"prefect server not healthy after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 async def latest_flow_run_id(api_url: str) -> str:
@@ -91,7 +95,10 @@ def main(argv: list[str] | None = None) -> None:
         with open(log, "w") as f:
             server = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_healthy(f"{api_url}/health", server, log)
+            try:
+                wait_healthy(f"{api_url}/health", server, log)
+            except RuntimeError as e:
+                sys.exit(f"error: {e}")
             env["PREFECT_API_URL"] = api_url
             if args.project:
                 project = args.project.resolve()

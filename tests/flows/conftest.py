@@ -15,8 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -187,15 +185,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory, offline_env: None) 
 
 
 def wait_until_healthy(url: str, server: subprocess.Popen, log_path: Path) -> None:
-    start = time.monotonic()
-    while time.monotonic() - start < SERVER_START_TIMEOUT_S:
-        if server.poll() is not None:
-            pytest.fail(f"prefect server exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"prefect server not healthy after {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+    from scripts.screenshot import wait_healthy
+
+    try:
+        wait_healthy(url, server, log_path, SERVER_START_TIMEOUT_S)
+    except RuntimeError as e:
+        pytest.fail(str(e))
