@@ -36,7 +36,6 @@ AUGMENT = Path("data/6_augment")
 FINETUNE = Path("models/7_finetune")
 PREDICTIONS = "predictions.jsonl"  # in each run's folder, written by stages.finetune.write_predictions
 
-LABEL_IDS = list(range(len(LABELS)))
 MARKUP = r"<[A-Za-z/][^<>]*>|&(?:amp|lt|gt|quot|nbsp);"  # what stages.clean.strip_markup removes
 TASK_SPLITS = ["train", "validation", "test", "pool"]
 AUGMENT_COLUMNS = ["text", "label", "source_text", "book", "chapter", "verse"]
@@ -156,14 +155,25 @@ def stopword_ratio(text: str) -> float:
 
 
 def chapter_split(df: pd.DataFrame, splits: dict[str, str]) -> pd.Series:
-    """Each row's split per splits.json ('Gen.1' -> 'train'); 'unknown' for a chapter it does not list."""
-    return (df["book"] + "." + df["chapter"].astype(str)).map(splits).fillna("unknown")
+    """Each row's split per splits.json ('Gen.1' -> 'train'); else its book's, where splits.json names a whole
+    source (a user's data: 'corpus' -> 'train'); 'unknown' for a chapter it does not list."""
+    return (df["book"] + "." + df["chapter"].astype(str)).map(splits).fillna(df["book"].map(splits)).fillna("unknown")
 
 
-def per_class(labels: pd.Series) -> pd.DataFrame:
-    """Rows (label, genre, count) for every genre, 0 for an absent one: [0, 0, 2] -> counts 2, 0, 1, 0, ..."""
-    counts = labels.value_counts().reindex(LABEL_IDS, fill_value=0)
-    return pd.DataFrame({"label": LABEL_IDS, "genre": LABELS, "count": counts.to_numpy()})
+def label_names(task) -> list[str]:
+    """The task's label names, from the ClassLabel of its splits (a split rewritten without one takes another's)."""
+    for split in task.values():
+        if hasattr(feature := split.features.get("label"), "names"):
+            return list(feature.names)
+    fail(f"no split of the task has a ClassLabel label column (splits: {', '.join(task)})")
+
+
+def per_class(labels: pd.Series, names: list[str] = LABELS) -> pd.DataFrame:
+    """Rows (label, genre, count) for every class (genre, or a user's label), 0 for an absent one: [0, 0, 2] ->
+    counts 2, 0, 1, 0, ..."""
+    ids = list(range(len(names)))
+    counts = labels.value_counts().reindex(ids, fill_value=0)
+    return pd.DataFrame({"label": ids, "genre": names, "count": counts.to_numpy()})
 
 
 def id_columns(ids: pd.Series, pad: int) -> dict[str, pd.Series]:
@@ -232,6 +242,8 @@ def ingest_tables(p: IngestGateParams, root: Path = INGEST) -> dict:
     task, parallel = load_from_disk(str(root / "task")), load_from_disk(str(root / "parallel"))
     if missing := [s for s in TASK_SPLITS if s not in task]:
         fail(f"{root}/task: no split(s) {', '.join(missing)}; has {', '.join(task)}")
+    names = label_names(task)
+    label_ids = list(range(len(names)))
     frames = {"corpus": load_from_disk(str(root / "corpus")).to_pandas()}
     frames |= {f"task.{s}": task[s].to_pandas() for s in TASK_SPLITS}
     frames |= {f"parallel.{s}": parallel[s].to_pandas() for s in parallel}
@@ -246,7 +258,7 @@ def ingest_tables(p: IngestGateParams, root: Path = INGEST) -> dict:
     train_texts = {*frames["task.pool"]["text"], *frames["task.train"]["text"]}  # train should be in pool already
     for split in TASK_SPLITS:
         df, home = frames[f"task.{split}"], "train" if split == "pool" else split
-        checks = [not_null("label"), in_set("label", LABEL_IDS), not_null("text")]
+        checks = [not_null("label"), in_set("label", label_ids), not_null("text")]
         checks += [lengths("text", p.min_verse_chars, p.max_verse_chars), unique("book", "chapter", "verse")]
         checks += [in_set("chapter_split", [home], f"every verse from a {home} chapter")]
         if split in ("validation", "test"):
@@ -256,7 +268,7 @@ def ingest_tables(p: IngestGateParams, root: Path = INGEST) -> dict:
         if split != "pool":
             bounds = (p.min_train_per_class, p.max_train_per_class) if split == "train" else (p.min_eval_per_class,)
             count = between("count", *bounds, why="every genre present, none dominant")
-            tables[f"task.{split}.per_class"] = (per_class(df["label"]), [count])
+            tables[f"task.{split}.per_class"] = (per_class(df["label"], names), [count])
     for split in parallel:
         sides = [lengths(c, p.min_verse_chars, p.max_verse_chars) for c in ("source", "target")]
         tables[f"parallel.{split}"] = (frames[f"parallel.{split}"], [*sides, in_set("chapter_split", ["train"], LEAK)])
@@ -301,6 +313,7 @@ def tokenize_tables(p: TokenizeGateParams, root: Path = TOKENIZE) -> dict:
 
     tables, block_tokens = {}, 0
     blocks, task = load_from_disk(str(root / "blocks")), load_from_disk(str(root / "task"))
+    label_ids = list(range(len(label_names(task))))
     for split, min_blocks in (("train", p.min_train_blocks), ("validation", p.min_validation_blocks)):
         df = blocks[split].to_pandas()
         require(df, ["input_ids"], f"{root}/blocks/{split}")
@@ -321,7 +334,7 @@ def tokenize_tables(p: TokenizeGateParams, root: Path = TOKENIZE) -> dict:
         require(df, ["input_ids", "label"], f"{root}/task/{split}")
         df = df.assign(**id_columns(df["input_ids"], pad)).drop(columns="pad_fraction")
         checks = [between("n_ids", 1, max_length, f"non-empty, truncated at max_length={max_length}"), *in_vocab]
-        tables[f"task.{split}"] = (df, [*checks, not_null("label"), in_set("label", LABEL_IDS)])
+        tables[f"task.{split}"] = (df, [*checks, not_null("label"), in_set("label", label_ids)])
     return tables
 
 
@@ -348,7 +361,8 @@ def augment_tables(p: AugmentGateParams, augment: Path = AUGMENT, task: Path = I
     df["length_ratio"] = (df["text"].str.len() / df["source_text"].str.len()).astype(float)
     in_train = [(b, c) in train_chapters for b, c in zip(df["book"], df["chapter"], strict=True)]
     df["chapter_split"] = pd.Series(["train" if t else "not_train" for t in in_train], index=df.index, dtype=object)
-    checks = [rows(p.min_rows), not_null("text"), lengths("text", 1), in_set("label", LABEL_IDS)]
+    label_ids = list(range(len(label_names(ingested))))
+    checks = [rows(p.min_rows), not_null("text"), lengths("text", 1), in_set("label", label_ids)]
     checks += [
         not_null("source_label", "source_text is a verse of the task's train split"),
         in_set("label_matches_source", [True], "label preserved"),
@@ -375,6 +389,7 @@ def predictions_tables(
     from datasets import load_from_disk
 
     ingested = load_from_disk(str(task))
+    label_ids = list(range(len(label_names(ingested))))
     held_out = pd.concat([ingested[s].to_pandas()[VERSE_KEY].assign(split=s) for s in HELD_OUT], ignore_index=True)
     key = ["split", *VERSE_KEY]
     tables = {}
@@ -383,7 +398,7 @@ def predictions_tables(
         df["in_split"] = has_key(df, held_out, key)
         checks = [rows_equal(len(held_out), f"one per verse of {' and '.join(HELD_OUT)}"), unique(*key)]
         checks += [in_set("in_split", [True], "a verse of the split it names"), in_set("split", HELD_OUT)]
-        checks += [not_null("prediction"), in_set("prediction", LABEL_IDS)]
+        checks += [not_null("prediction"), in_set("prediction", label_ids)]
         coverage = held_out.assign(predicted=has_key(held_out, df, key))
         share = between("share", high=p.max_class_share, why="not one genre for everything")
         tables[f"{run}.predictions"] = (df, checks)
