@@ -8,7 +8,9 @@ Writes data/6_augment                      Dataset (save_to_disk): text (the par
                                            ClassLabel), source_text, book, chapter, verse; may be empty
        data/6_augment/samples.jsonl        kept pairs and dropped ones per reason, for inspection
        data/6_augment/meta.json
-       metrics/augment.json                sources, generated, kept, drops per reason, sentences per second
+       metrics/augment.json                sources, generated, kept, drops per reason, sentences per second;
+                                           {"skipped": reason, ...} when translate made no translators (no
+                                           parallel corpus) and augment.translators is `pipeline`
 
     python -m stages.augment
 
@@ -393,6 +395,8 @@ def run(
 
     if p.threads:
         torch.set_num_threads(p.threads)
+    if p.translators == "pipeline" and (reason := translate_skipped(models)):
+        return skip(f"{reason}, and no augment.translators: no back-translation", p, task, out, metrics_path)
     en_es, es_en = load_translators(p, models)  # first: a missing checkpoint fails before any work
     train = load_from_disk(str(task))["train"]
     translations = TranslationCache(cache)
@@ -442,6 +446,29 @@ def run(
             info["translators"] = {"en_es": en_es.identity, "es_en": es_en.identity}
         write_json(info, tmp / "meta.json")
     write_json(metrics, metrics_path)
+    return metrics
+
+
+def translate_skipped(models: Path) -> str | None:
+    """Why the translate stage made no translators (its meta.json's `counts.skipped`), or None when it made them."""
+    info = models / "meta.json"
+    return json.loads(info.read_text())["counts"].get("skipped") if info.exists() else None
+
+
+def skip(reason: str, p: AugmentParams, task: Path, out: Path, metrics_path: Path) -> dict:
+    """No paraphrases: an empty dataset with the task's columns, and the reason in meta.json and the metrics."""
+    from datasets import Dataset, Features, Value, load_from_disk
+
+    label = load_from_disk(str(task))["train"].features["label"]
+    features = Features({"text": Value("string"), "label": label, "source_text": Value("string"),
+                         "book": Value("string"), "chapter": Value("int64"), "verse": Value("int64")})  # fmt: skip
+    metrics = {"skipped": reason, "sources": 0, "generated": 0, "kept": 0}
+    with atomic_dir(out) as tmp:
+        Dataset.from_dict({c: [] for c in features}, features=features).save_to_disk(str(tmp), num_shards=1)
+        (tmp / "samples.jsonl").write_text("")
+        write_json(meta(recorded_params(p), **metrics), tmp / "meta.json")
+    write_json(metrics, metrics_path)
+    print(f"augment skipped: {reason}")
     return metrics
 
 

@@ -100,6 +100,11 @@ def claims(runs: dict) -> list[str]:
                      f"({base} {acc(base):.1f}% vs {vs}).")  # fmt: skip
     for name in runs:
         if name.endswith("_bt") and acc(name[:-3]) is not None:
+            if runs[name]["train_examples"] == runs[name[:-3]]["train_examples"]:  # no paraphrase was added
+                lines.append(f"- Back-translation helps when labels are scarce ({name} vs {name[:-3]}): not measured, "
+                             f"{name} trained on no paraphrases (augment skipped or kept none: see "
+                             "metrics/augment.json).")  # fmt: skip
+                continue
             gap = acc(name) - acc(name[:-3])
             verdict = "holds" if gap > 0 else "does NOT hold"
             lines.append(f"- Back-translation helps when labels are scarce ({name} vs {name[:-3]}): {verdict} "
@@ -107,7 +112,16 @@ def claims(runs: dict) -> list[str]:
     return lines
 
 
-def report(runs: dict, split: str, n: int) -> str:
+def task_line(labels: list[str], split: str, n: int) -> str:
+    """What the table scores: the bundled task in its words, a user's by its labels."""
+    from stages.ingest import LABELS
+
+    if labels == LABELS:
+        return f"Verse -> genre of its book (7 classes), {n} {split} verses from chapters no stage trained on. "
+    return f"Text -> label ({len(labels)} classes: {', '.join(labels)}), {n} held-out {split} examples. "
+
+
+def report(runs: dict, split: str, n: int, labels: list[str]) -> str:
     head = "| run | init | method | augmented | accuracy | macro-F1 | trainable params | share | train s |"
     rows = [head, "|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
@@ -121,8 +135,8 @@ def report(runs: dict, split: str, n: int) -> str:
         rows += ["", "Baseline hyperparameters:", "", *chosen]
     return "\n".join([
         "# Evaluation", "",
-        f"Verse -> genre of its book (7 classes), {n} {split} verses from chapters no stage trained on. "
-        "Produced by `python -m stages.evaluate` (`dvc repro`); numbers from metrics/evaluate.json.", "",
+        task_line(labels, split, n)
+        + "Produced by `python -m stages.evaluate` (`dvc repro`); numbers from metrics/evaluate.json.", "",
         *rows, "", "## The field's claims, as measured", "", *claims(runs), "",
     ])  # fmt: skip
 
@@ -160,7 +174,7 @@ def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: 
             curve = json.loads((models / name / "meta.json").read_text())["counts"]["curve"]
             write_text(curve_csv(curve), tmp / "curves" / f"{name}.csv")
     write_json(metrics, metrics_path)
-    write_text(report(runs, p.split, len(refs)), report_path)
+    write_text(report(runs, p.split, len(refs), labels), report_path)
     return metrics
 
 

@@ -5,6 +5,7 @@ Writes models/5_translate/en-es    MarianMTModel + tokenizer (save_pretrained) +
        models/5_translate/es-en    ... the reverse direction
        models/5_translate/samples.jsonl  a few validation verses with both translations and the round trip
        metrics/translate.json      BLEU and chrF per direction, round-trip chrF (en -> es -> en), train seconds
+                                   (without a parallel corpus: {"skipped": reason}, and meta.json alone)
 
     python -m stages.translate
 
@@ -248,6 +249,8 @@ def run(
     if p.threads:
         torch.set_num_threads(p.threads)
     data = load_from_disk(str(parallel))
+    if len(data["train"]) == 0:  # a user's data without a parallel corpus: nothing to train, and said so
+        return skip(f"no parallel corpus ({parallel} has no pairs: ingest.parallel is null)", p, out, metrics_path)
     train_pairs = data["train"].filter(lambda r: r["source"].strip() and r["target"].strip(), keep_in_memory=True)
     if len(train_pairs) < p.batch_size or len(data["validation"]) == 0:
         fail(f"{parallel}: {len(train_pairs)} train / {len(data['validation'])} validation pairs; too few to train")
@@ -288,6 +291,17 @@ def run(
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     shutil.rmtree(checkpoints, ignore_errors=True)
     write_json(metrics, metrics_path)
+    return metrics
+
+
+def skip(reason: str, p: TranslateParams, out: Path, metrics_path: Path) -> dict:
+    """No translators: models/5_translate holds only meta.json with the reason, and the metrics say it too.
+    augment reads the reason there and skips back-translation with the same notice."""
+    metrics = {"skipped": reason}
+    with atomic_dir(out) as tmp:
+        write_json(meta(p, **metrics), tmp / "meta.json")
+    write_json(metrics, metrics_path)
+    print(f"translate skipped: {reason}")
     return metrics
 
 
