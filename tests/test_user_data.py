@@ -75,6 +75,7 @@ OWN = {
     "gate.ingest.min_document_chars": 50,
     "gate.clean.min_documents": 50,
     "gate.tokenize.min_train_blocks": 10,
+    "gate.tokenize.max_block_token_drift": 0.03,  # packing adds an EOS per document: +1.4% for 70-token reviews
 }
 
 
@@ -135,12 +136,13 @@ def test_without_a_parallel_corpus_translate_and_augment_skip_and_say_so(own_pro
 
 
 def test_a_changed_file_under_data_own_makes_ingest_stale(own_project):
-    assert "Data and pipelines are up to date" in run(["dvc", "status"], own_project).stdout
+    before_status = run(["dvc", "status", "ingest"], own_project).stdout
+    assert "Data and pipelines are up to date" in before_status, before_status
     csv = own_project / "data/own/reviews.csv"
     before = csv.read_text()
     try:
         csv.write_text(before + '"A brand new review of the kettle, it works perfectly.",positive\n')
         status = run(["dvc", "status", "ingest"], own_project).stdout
-        assert "ingest:" in status and "modified:" in status and "data/own" in status
+        assert "ingest:" in status and "modified:" in status and "data/own" in status, status
     finally:
         csv.write_text(before)
