@@ -276,7 +276,7 @@ def own_task(p: IngestParams) -> tuple[dict[str, list[dict]], list[str], dict]:
     for name, idx in split_rows([r["label"] for r in labeled["task"]], fractions, p.seed).items():
         by_split[name] += [("task", i) for i in idx]
     for name in ("validation", "test"):
-        by_split[name] += [(name, i) for i in range(len(labeled.get(name, [])))] if name in labeled else []
+        by_split[name] += [(name, i) for i in range(len(labeled.get(name, [])))]  # a given split, whole
     examples = {}
     for split, keys in by_split.items():
         examples[split] = [{"text": labeled[book][i]["text"], "label": names.index(labeled[book][i]["label"]),
@@ -375,8 +375,9 @@ def run_own(p: IngestParams, out: Path, metrics_path: Path) -> dict:
             fail(f"ingest.corpus: no documents in {describe(p.corpus)} (dropped: {dict(tally) or 'none'})")
         corpus.save_to_disk(tmp / "corpus")
         task_ds.save_to_disk(tmp / "task")
+        # from_dict, not from_list: from_list cannot type an empty split
         parallel_ds = DatasetDict({k: Dataset.from_dict({c: [r[c] for r in v] for c in pair}, features=pair)
-                                   for k, v in parallel.items()})  # fmt: skip  (from_dict: from_list fails empty)
+                                   for k, v in parallel.items()})  # fmt: skip
         parallel_ds.save_to_disk(tmp / "parallel", num_shards={k: 1 for k in parallel})  # loadable even empty
         write_json(own_splits(task, p), tmp / "splits.json")
         counts = {

@@ -123,7 +123,8 @@ def test_a_local_dataset_folder_loads_through_hf_and_an_uncached_hub_name_fails_
     write(tmp_path / "ds/data.csv", ROWS, "csv")
     assert read_all(Source(hf=str(tmp_path / "ds"))) == ROWS
     err = error(capsys, read_all, Source(hf="no-such-user/no-such-dataset-xyz"))
-    assert "ingest.task.hf: cannot load no-such-user/no-such-dataset-xyz[train]" in err and "must already be in the Hugging Face cache" in err
+    assert "ingest.task.hf: cannot load no-such-user/no-such-dataset-xyz[train]" in err
+    assert "must already be in the Hugging Face cache" in err
 
 
 def test_labels_are_inferred_sorted_or_checked_against_the_given_set(capsys):
