@@ -256,6 +256,9 @@ def run_bundled(p: IngestParams, raw: Path, out: Path, metrics_path: Path) -> di
     return counts
 
 
+# --- own data (ingest.source: own): the same artifacts from a user's sources (stages/sources.py reads them) -------
+
+
 def own_task(p: IngestParams) -> tuple[dict[str, list[dict]], list[str], dict]:
     """A user's labeled set -> the task's splits (as build_task's), the label names, and counts.
 

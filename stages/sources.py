@@ -7,10 +7,12 @@ Used by stages/ingest.py when `ingest.source: own`. A source is one `ingest.<key
     format: csv                      # text | jsonl | csv | tsv | parquet; null = from each file's suffix (.gz too)
 
 Rows stream: a file is read line by line (Parquet: batch by batch), a dataset with `streaming=True`, so a corpus
-larger than memory flows through to `Dataset.from_generator`. Every bad source fails before any work with a message
-that names the params key and the file (and line): no file matched, an unreadable or malformed file, a missing column.
+larger than memory flows through to `Dataset.from_generator`. Every bad source fails early (a file's columns before its
+first row) with a message that names the params key and the file (and line): no file matched, an unreadable or
+malformed file, a missing column, an empty split, a single class, a label outside the given set.
 
-    rows(Source(files="data/own/*.csv"), "task") -> ("data/own/a.csv:2", {"text": "Great.", "label": "pos"}), ...
+    rows(Source(files="data/own/*.csv"), "task", {"text_column": "text"})
+    -> ("data/own/a.csv:2", {"text": "Great.", "label": "pos"}), ("data/own/a.csv:3", {...}), ...
 """
 
 import csv
