@@ -304,3 +304,26 @@ def test_a_bt_run_without_paraphrases_is_reported_as_not_measured():
     assert any("(full_bt vs full): not measured, full_bt trained on no paraphrases" in line for line in lines)
     lines = claims({"full": run, "full_bt": {**run, "augmented": True, "train_examples": 30, "accuracy": 0.6}})
     assert any("(full_bt vs full): holds" in line for line in lines)
+
+
+def test_a_dataset_folder_as_the_corpus_streams_through_hf(files):
+    write(files / "hub/train.parquet", [{"body": f"document {i} about kettles"} for i in range(5)], "parquet")
+    p = own_params(files, corpus=Source(hf=str(files / "hub"), text_column="body"))
+    out, counts = run_own(files, p)
+    corpus = load_from_disk(str(out / "corpus"))
+    assert counts["corpus_documents"] == 5 and corpus[0]["text"] == "document 0 about kettles"
+    assert corpus[0]["id"] == f"{files / 'hub'}[train] row 1"
+
+
+def test_translate_trains_on_a_users_pairs(files):
+    pairs = [{"en": f"the {w} kettle is hot", "es": f"la tetera {w} está caliente"} for w in ("red", "big") * 20]
+    pairs = [{"en": f"{r['en']} {i}", "es": f"{r['es']} {i}"} for i, r in enumerate(pairs)]
+    write(files / "pairs.jsonl", pairs, "jsonl")
+    p = own_params(files, parallel=Source(files=str(files / "pairs.jsonl"), text_column="en", target_column="es"))
+    out, _ = run_own(files, dataclasses.replace(p, parallel_val_chapters=4))
+    tp = load_params("translate", translate.TranslateParams, PARAMS)
+    tp = dataclasses.replace(tp, d_model=16, ffn_dim=32, heads=2, vocab_size=200, max_steps=2, batch_size=8,
+                             eval_pairs=2, checkpoint_every=0)  # fmt: skip
+    m = translate.run(tp, out / "parallel", files / "5_translate", files / "translate.json", files / "ckpt")
+    assert "skipped" not in m and {"en-es", "es-en"} <= set(m)
+    assert (files / "5_translate/en-es/config.json").exists()
