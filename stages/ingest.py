@@ -83,6 +83,12 @@ class IngestParams:
             s = getattr(self, key)
             if s is not None and (s.labels is not None or s.validation is not None or s.test is not None):
                 yield f"{key}: labels, validation and test belong to ingest.task"
+        default = Source()
+        for name in ("validation", "test"):
+            given = getattr(self.task, name, None)
+            columns = ("text_column", "label_column", "target_column", "labels", "validation", "test")
+            if given is not None and any(getattr(given, c) != getattr(default, c) for c in columns):
+                yield f"task.{name}: takes the task's columns and labels; give only files or hf/config/split, format"
         if not (
             0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1
         ):

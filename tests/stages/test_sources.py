@@ -264,6 +264,10 @@ def test_own_params_are_checked_by_name():
     with pytest.raises(ParamsError, match="ingest.corpus: labels, validation and test belong to ingest.task"):
         bad = {**base, "source": "own", "corpus": {"files": "x", "labels": ["a"]}, "task": {"files": "y"}}
         from_dict(ingest.IngestParams, bad, "ingest")
+    with pytest.raises(ParamsError, match="ingest.task.validation: takes the task's columns and labels"):
+        bad = {**base, "source": "own", "corpus": {"files": "x"}, "task": {"files": "y", "validation": {"files": "v",
+               "text_column": "review"}}}  # fmt: skip
+        from_dict(ingest.IngestParams, bad, "ingest")
     with pytest.raises(ParamsError, match=r"ingest.task: unknown key\(s\) label_col"):
         from_dict(ingest.IngestParams, {**base, "corpus": {"files": "x"}, "task": {"label_col": "y"}}, "ingest")
 
