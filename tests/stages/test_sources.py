@@ -194,8 +194,7 @@ def test_own_data_becomes_the_three_artifacts_with_the_bundled_columns(files):
     assert corpus.column_names == ["id", "book", "chapter", "translation", "text"]
     assert corpus[0]["id"] == f"{files}/corpus/a.txt:1" and corpus[0]["book"] == "corpus"
     held_out = reviews(40)[0]["review"] in set(task["validation"]["text"]) | set(task["test"]["text"])
-    assert counts["corpus_dropped"] == ({"held_out_text": 1} if held_out else {})  # a held-out text is no corpus doc
-    assert counts["corpus_documents"] == 3 - held_out
+    assert counts["corpus_documents"] == 3 - held_out  # a held-out text is no corpus document (test below)
     parallel = load_from_disk(str(out / "parallel"))  # none given: empty, loadable, with the columns translate reads
     assert len(parallel["train"]) == 0 and {"source", "target"} <= set(parallel["train"].column_names)
     assert counts["parallel_skipped"] == "no parallel corpus (ingest.parallel is null)"
@@ -216,6 +215,17 @@ def test_given_validation_and_test_splits_are_used_as_they_are(files):
     assert counts["task_splits_given"] == ["validation", "test"] and len(ds["pool"]) == 40
     assert set(ds["validation"]["book"]) == {"validation"} and set(ds["test"]["book"]) == {"test"}
     assert counts["task"]["validation"] == 6 and counts["task"]["test"] == 6  # eval_per_class 3 x 2 of the 8
+
+
+def test_a_corpus_document_that_is_a_held_out_text_is_dropped_and_counted(files):
+    write(files / "test.jsonl", reviews(6, 300), "jsonl")  # 3 per class: all of them make the test split
+    lines = ["an unlabeled review of a fine toaster", reviews(6, 300)[0]["review"], "another unlabeled one"]
+    write(files / "corpus/a.txt", [{"text": t} for t in lines], "text")
+    p = own_params(files)
+    p = dataclasses.replace(p, task=dataclasses.replace(p.task, test=Source(files=str(files / "test.jsonl"))))
+    out, counts = run_own(files, p)
+    assert counts["corpus_dropped"] == {"held_out_text": 1} and counts["corpus_documents"] == 2
+    assert reviews(6, 300)[0]["review"] not in load_from_disk(str(out / "corpus"))["text"]
 
 
 def test_an_empty_given_split_fails_naming_it(files, capsys):
