@@ -191,7 +191,9 @@ def report(s: dict) -> str:
             base = de[r][str(sizes[0])]["accuracy"]["mean"]
             lines.append(f"| {r} | {base:.3f} | {c['accuracy']['mean']:.3f} ± {c['accuracy']['std']:.3f} "
                          f"| {(c['accuracy']['mean'] - base) * 100:+.1f} | {c['paraphrases']:.0f} |")  # fmt: skip
-        if q := s.get("translation"):
+        if (q := s.get("translation")) and "skipped" in q:
+            lines += ["", f"Back-translation was not measured: {q['skipped']}."]
+        elif q:
             drops = ", ".join(f"{k} {v}" for k, v in q["drops"].items())
             lines += ["", f"Why, in numbers: the translators score BLEU {q['bleu_en_es']} en->es and "
                       f"{q['bleu_es_en']} es->en, round-trip chrF {q['round_trip_chrf']} ({TRANSLATE_METRICS}); the "
@@ -407,6 +409,8 @@ def translation_quality() -> dict | None:
     if not (TRANSLATE_METRICS.exists() and AUGMENT_METRICS.exists()):
         return None
     t, a = json.loads(TRANSLATE_METRICS.read_text()), json.loads(AUGMENT_METRICS.read_text())
+    if skipped := a.get("skipped") or t.get("skipped"):  # no parallel corpus: nothing was back-translated
+        return {"skipped": skipped}
     return {"bleu_en_es": t["en-es"]["bleu"], "bleu_es_en": t["es-en"]["bleu"],
             "round_trip_chrf": t["round_trip_chrf"], "generated": a["generated"], "kept": a["kept"],
             "drops": a["drops"]}  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from stages.study import claims, draw, perplexity, summary
+from stages.study import claims, draw, perplexity, report, summary, translation_quality
 from tests.conftest import run
 
 KEYS = [("B", c, v) for c in range(1, 4) for v in range(1, 21)]  # 60 verses
@@ -112,3 +112,19 @@ def test_study_runs_as_its_own_dvc_target_and_reports_every_cell(tiny_project, t
     assert "data_efficiency" in run(["dvc", "plots", "show", "--json"], project).stdout
     assert "changed" not in run(["dvc", "status", "study/dvc.yaml"], project).stdout  # recorded in study/dvc.lock
     assert not (project / "checkpoints/study").exists()  # finished cells are kept only while the study runs
+
+
+def test_without_a_parallel_corpus_the_report_says_back_translation_was_not_measured(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    why = "no parallel corpus (ingest.parallel is null) and augment.translators is pipeline"
+    (tmp_path / "metrics/translate.json").write_text(json.dumps({"skipped": why}))
+    (tmp_path / "metrics/augment.json").write_text(json.dumps({"skipped": why, "kept": 0}))
+    q = translation_quality()
+    assert q == {"skipped": why}
+    cell = {"accuracy": {"mean": 0.3, "std": 0.0, "values": [0.3]}}
+    s = {"sizes": [8], "default_size": 8, "seeds": [0], "runs": ["full"], "baseline": "tfidf",
+         "init": {"full": "pretrained"}, "trainable_share": {}, "seconds": 1.0, "test_examples": 10,
+         "data_efficiency": {"full": {"8": cell}, "tfidf": {"8": cell}},
+         "augmentation": {"full": {**cell, "paraphrases": 0}}, "translation": q}  # fmt: skip
+    assert f"Back-translation was not measured: {why}." in report(s)
