@@ -26,7 +26,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,24 +272,6 @@ def run_datatrove(p: CleanParams, src: Path, work: Path) -> None:
             time.sleep(30)
 
 
-def read_jsonl_dir(folder: Path) -> list[dict]:
-    """Every row of the *.jsonl.gz files under `folder` (none if it does not exist)."""
-    import gzip
-
-    return [json.loads(line) for f in sorted(folder.rglob("*.jsonl.gz")) for line in gzip.open(f, "rt")]
-
-
-def collect_drops(work: Path) -> list[tuple[int, str, str, dict]]:
-    """(row number, step, reason, row) of every dropped document, in corpus order."""
-    dedup_reason = {"exact_dedup": "exact_duplicate", "minhash": "near_duplicate"}
-    drops = []
-    for folder in sorted((work / "dropped").glob("*")):
-        for row in read_jsonl_dir(folder):
-            reason = dedup_reason.get(folder.name) or row["metadata"].get("filter_reason", folder.name)
-            drops.append((row["metadata"]["index"], folder.name, reason, row))
-    return sorted(drops, key=lambda d: d[0])
-
-
 # The params.yaml key that lets more documents through, per drop reason (`empty` has none: the text itself is gone).
 LOOSEN = {
     "not_english": "clean.language.min_confidence (lower it)",
@@ -332,31 +314,28 @@ def nothing_kept_message(src: Path, out: Path, drops: Counter) -> str:
 def run(p: CleanParams, src: Path = IN, out: Path = OUT, metrics_path: Path = METRICS) -> dict:
     from datasets import Dataset, load_from_disk
 
-    start, texts = time.perf_counter(), load_from_disk(str(src))["text"]
-    if not texts:
+    from stages.clean_steps import read_jsonl, summarise_drops
+
+    start, corpus = time.perf_counter(), load_from_disk(str(src))
+    if not len(corpus):
         fail(nothing_kept_message(src, out, Counter()))
+    bytes_in = sum(len(t.encode()) for batch in corpus.iter(batch_size=1024) for t in batch["text"])  # streamed
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     work = Path(p.work_dir or tempfile.mkdtemp(prefix=f".{Path(out).name}.work", dir=Path(out).parent))
     try:
         run_datatrove(p, src, work)
-        kept = sorted(read_jsonl_dir(work / "kept"), key=lambda r: r["metadata"]["index"])
-        drops = collect_drops(work)
+        kept = sorted(read_jsonl(work / "kept"), key=lambda r: r["metadata"]["index"])
+        per_step, samples = summarise_drops(work / "dropped", p.sample_per_reason)
     finally:
         if not p.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    reasons = Counter(reason for _, _, reason, _ in drops)
+    reasons = sum(per_step.values(), Counter())
     if not kept:  # before anything is written: the previous output and metrics stay
         fail(nothing_kept_message(src, out, reasons))
-    per_step = defaultdict(Counter)
-    samples = defaultdict(list)
-    for _, step, reason, row in drops:
-        per_step[step][reason] += 1
-        if len(samples[reason]) < p.sample_per_reason:
-            samples[reason].append({"reason": reason, "step": step, "id": row["id"], "text": row["text"]})
     metrics = {
-        "documents_in": len(texts),
+        "documents_in": len(corpus),
         "documents_out": len(kept),
-        "bytes_in": sum(len(t.encode()) for t in texts),
+        "bytes_in": bytes_in,
         "bytes_out": sum(len(r["text"].encode()) for r in kept),
         "drops": dict(sorted(reasons.items())),
         "drops_per_step": {s: dict(sorted(c.items())) for s, c in sorted(per_step.items())},
@@ -364,8 +343,7 @@ def run(p: CleanParams, src: Path = IN, out: Path = OUT, metrics_path: Path = ME
     with atomic_dir(out) as tmp:
         Dataset.from_list([{"id": r["id"], "text": r["text"]} for r in kept]).save_to_disk(tmp / "corpus")
         with open(tmp / "dropped.jsonl", "w") as f:
-            for rows in samples.values():
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in samples)
         write_json(meta(p, **metrics), tmp / "meta.json")
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     write_json(metrics, metrics_path)

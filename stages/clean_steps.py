@@ -10,10 +10,18 @@ place (`steps()`); the pure text helpers below carry a worked example each.
     EmptyFilter    drops a document with no text left after formatting ("empty")
     LinguaFilter   offline language identification with lingua ("not_english"); datatrove's LanguageFilter
                    downloads a fastText model, which this project cannot do (no network)
+
+and the readers of what the pipelines leave in the work dir (`read_jsonl`, `summarise_drops`), streamed, so
+memory stays flat however many documents are dropped.
 """
 
+import gzip
+import json
 import re
 import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.filters.base_filter import BaseFilter
@@ -153,3 +161,29 @@ def document_priority(doc: Document) -> int:
     """Exact dedup keeps the highest priority, then the lowest position *within* a rank: a lower rank first makes
     that the first document in corpus order, whatever the number of tasks (rank 0 -> 65535, rank 1 -> 65534)."""
     return 65535 - doc.metadata["shard"]
+
+
+def read_jsonl(folder: Path) -> Iterator[dict]:
+    """The rows of `folder`'s *.jsonl.gz files, file by file in name (= rank) order; none if it does not exist."""
+    for path in sorted(Path(folder).rglob("*.jsonl.gz")):
+        with gzip.open(path, "rt") as f:
+            yield from map(json.loads, f)
+
+
+DEDUP_REASON = {"exact_dedup": "exact_duplicate", "minhash": "near_duplicate"}  # their writers set no reason
+
+
+def summarise_drops(dropped: Path, per_reason: int) -> tuple[dict[str, Counter], list[dict]]:
+    """({step: {reason: count}}, the first `per_reason` dropped documents per reason) from work/dropped/<step>/.
+
+    A step's files hold its drops rank by rank, so in corpus order: the samples are the first ones dropped.
+    """
+    counts, samples, taken = defaultdict(Counter), [], Counter()
+    for folder in sorted(Path(dropped).glob("*")):
+        for row in read_jsonl(folder):
+            reason = DEDUP_REASON.get(folder.name) or row["metadata"].get("filter_reason", folder.name)
+            counts[folder.name][reason] += 1
+            if taken[reason] < per_reason:
+                taken[reason] += 1
+                samples.append({"reason": reason, "step": folder.name, "id": row["id"], "text": row["text"]})
+    return counts, samples
