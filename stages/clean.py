@@ -6,10 +6,11 @@ Writes data/2_clean/corpus         Dataset (id, text), the documents kept, in co
        data/2_clean/meta.json      params, counts, library versions
        metrics/clean.json          documents and bytes in/out, drops per reason and per step, seconds
 
-    python -m stages.clean
+    python -m stages.clean    # bundled corpus: 1,901 of 1,902 chapters kept, no duplicate among them (WEB Psalm
+                              # 117 has none of Gopher's stop words); ~1.5 min on one core
 
 The steps are datatrove pipeline steps, listed in order in `steps()`: formatters rewrite text (ftfy, markup
-leftovers, PII), filters keep or drop with a reason (empty, language, Gopher repetition and quality, C4, FineWeb),
+leftovers, PII), filters keep or drop with a reason (empty, language, C4, Gopher repetition and quality, FineWeb),
 then exact dedup and MinHash near-dedup, each in datatrove's multi-stage form. `pipelines()` chains them into
 datatrove executors that hand over through files in a work dir (a temp folder beside the output, removed at the
 end; `clean.work_dir` names a shared folder for Slurm/Ray), so a killed run leaves the last output untouched.
