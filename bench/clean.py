@@ -14,7 +14,7 @@ pipelines (stages.clean.run_datatrove: the same steps, the same executors, nothi
 the --overhead-size corpus: overhead_vs_datatrove = stage seconds / datatrove seconds - 1 there, each the best
 of --repeats runs, interleaved (the first run pays cold caches: spaCy, lingua's models); on shared cores the
 runs vary by more than the difference, so overhead_in_process also times the stage's datatrove part inside the
-stage run (stages.clean.run's metrics datatrove_seconds): what the stage adds around the same executors.
+stage run (stages.clean.run's metrics datatrove.seconds): what the stage adds around the same executors.
 
 The default base is a quarter of the bundled corpus: at 16x of the whole corpus (~105 MB) one run takes about
 20 minutes on the 2 shared cores this was measured on, over the ~10 minute budget; the report says so.
@@ -74,7 +74,7 @@ def child(kind: str, src: Path, work: Path) -> None:
     start, inner = time.perf_counter(), {}
     if kind == "stage":
         metrics = run(p, src, work / "out", work / "metrics.json")
-        inner = {"datatrove_seconds": metrics["datatrove_seconds"]}
+        inner = {"datatrove_seconds": metrics["datatrove"]["seconds"]}
     else:
         (work / "dt").mkdir(parents=True)
         run_datatrove(p, src, work / "dt")

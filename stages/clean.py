@@ -348,7 +348,7 @@ def run(p: CleanParams, src: Path = IN, out: Path = OUT, metrics_path: Path = ME
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in samples)
         write_json(meta(p, **metrics), tmp / "meta.json")
     metrics["seconds"] = round(time.perf_counter() - start, 2)  # measurements: after meta.json, never in it
-    metrics["datatrove_seconds"] = round(dt_seconds, 2)
+    metrics["datatrove"] = {"seconds": round(dt_seconds, 2)}  # nested: MEASURED strips "seconds" at any depth
     write_json(metrics, metrics_path)
     return metrics
 
