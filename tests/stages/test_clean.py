@@ -218,3 +218,17 @@ def test_nothing_kept_message_names_no_key_where_params_cannot_help():
     assert "nothing in params.yaml keeps them" in empty and "no text left after normalisation" in empty
     assert "holds no documents" in nothing_kept_message(IN, OUT, Counter())
     assert "clean.gopher_repetition" in nothing_kept_message(IN, OUT, Counter({"duplicated_5_n_grams": 1}))
+
+
+def test_a_mistyped_or_unknown_clean_key_fails_naming_it(tmp_path):
+    from stages.common import ParamsError
+
+    params = tiny_params()
+    params["clean"]["gopher_quality"]["min_doc_word"] = params["clean"]["gopher_quality"].pop("min_doc_words")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(ParamsError, match=r"clean\.gopher_quality: unknown key\(s\) min_doc_word"):
+        load_params("clean", CleanParams, tmp_path / "params.yaml")
+    params = tiny_params({"clean.executor": "kubernetes"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(ParamsError, match="executor: one of local, slurm, ray"):
+        load_params("clean", CleanParams, tmp_path / "params.yaml")
