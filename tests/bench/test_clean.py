@@ -1,0 +1,27 @@
+"""bench.clean: a tiny run (8 chapters at 1x and 2x, one run each) writes a complete report."""
+
+import json
+import sys
+
+from tests.conftest import ROOT, run
+
+
+def test_tiny_run_writes_the_report(tmp_path):
+    out = tmp_path / "clean.json"
+    args = ["--base-docs", "8", "--sizes", "1,2", "--repeats", "1", "--out", str(out)]
+    run([sys.executable, "-m", "bench.clean", *args], cwd=ROOT)
+    report = json.loads(out.read_text())
+    assert sorted(p.name for p in out.parent.iterdir()) == ["clean.json"]
+    assert report["command"] == "python -m bench.clean " + " ".join(args)
+    assert report["base"]["documents"] == 8
+    one, two = report["sizes"]["1x"], report["sizes"]["2x"]
+    assert (one["documents"], two["documents"]) == (8, 16) and 0 < one["mb"] < two["mb"]
+    for row in (one, two):
+        assert row["seconds"] > 0 and row["peak_memory_mb"] > 50
+        assert abs(row["mb_per_s"] - row["mb"] / row["seconds"]) < 0.01
+    assert report["time_ratio_2x"] == round(two["seconds"] / one["seconds"], 3)
+    assert report["datatrove"]["size"] == "1x" and report["datatrove"]["seconds"] > 0
+    expected = round(one["seconds"] / report["datatrove"]["seconds"] - 1, 4)
+    assert abs(report["overhead_vs_datatrove"] - expected) < 1e-3
+    assert report["overhead_target"] == 0.1
+    assert one["datatrove_seconds"] < one["seconds"] and report["overhead_in_process"] > 0
