@@ -24,6 +24,7 @@ tasks/workers (tests/stages/test_clean.py checks 1/1 against 3/2).
 """
 
 import dataclasses
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -263,6 +264,9 @@ def executor(p: CleanParams, name: str, pipeline: list, tasks: int, logs: Path, 
 
 def run_datatrove(p: CleanParams, src: Path, work: Path) -> None:
     """Every pipeline run to completion, in order (Slurm: submitted as a dependency chain, then waited for)."""
+    if p.executor == "ray" and importlib.util.find_spec("ray") is None:  # datatrove builds the executor without it
+        fail("clean.executor: ray, but the `ray` package is not installed here; `pip install 'ray[default]'` on the "
+             "machine that submits (a Ray cluster's head or a client), or set clean.executor: local")  # fmt: skip
     last = None
     for name, pipeline, tasks in pipelines(p, src, work):
         last = executor(p, name, pipeline, tasks, work / "logs", depends=last)

@@ -2,6 +2,7 @@
 catch what they should, the executor settings change nothing in the output, and an emptied corpus fails clearly."""
 
 import dataclasses
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,7 +15,18 @@ from datasets import Dataset, load_from_disk
 from datatrove.data import Document
 from datatrove.pipeline.formatters.base import BaseFormatter
 
-from stages.clean import IN, METRICS, OUT, CleanParams, executor, nothing_kept_message, pipelines, run, steps
+from stages.clean import (
+    IN,
+    METRICS,
+    OUT,
+    CleanParams,
+    executor,
+    nothing_kept_message,
+    pipelines,
+    run,
+    run_datatrove,
+    steps,
+)
 from stages.clean_steps import normalize_whitespace, strip_markup
 from stages.common import load_params
 from stages.ingest import read_raw
@@ -180,11 +192,17 @@ def test_slurm_executor_is_built_from_params(tmp_path):
     assert (ex.tasks, ex.partition, ex.time, ex.job_name) == (8, P.slurm.partition, P.slurm.time, "clean_filter")
 
 
-def test_ray_executor_is_built_from_params(tmp_path):
-    pytest.importorskip("ray")
+def test_ray_executor_is_built_from_params(tmp_path, capsys):
+    """Built, never run (datatrove builds it without `ray` installed); without `ray` the run fails naming the key."""
     p = dataclasses.replace(P, executor="ray", tasks=4, workers=2)
     name, pipeline, tasks = pipelines(p, tmp_path / "in", tmp_path / "work")[0]
-    assert executor(p, name, pipeline, tasks, tmp_path / "logs").tasks == 4
+    ex = executor(p, name, pipeline, tasks, tmp_path / "logs")
+    assert (ex.tasks, ex.workers, ex.cpus_per_task) == (4, 2, P.ray.cpus_per_task)
+    if importlib.util.find_spec("ray") is None:
+        with pytest.raises(SystemExit):
+            run_datatrove(p, tmp_path / "in", tmp_path / "work")
+        assert "clean.executor: ray, but the `ray` package is not installed" in capsys.readouterr().err
+        assert not (tmp_path / "work").exists()  # failed before any pipeline ran
 
 
 def test_a_corpus_emptied_by_cleaning_fails_clearly_and_keeps_the_previous_output(tmp_path):
