@@ -36,7 +36,7 @@ AUGMENT = Path("data/6_augment")
 FINETUNE = Path("models/7_finetune")
 PREDICTIONS = "predictions.jsonl"  # in each run's folder, written by stages.finetune.write_predictions
 
-MARKUP = r"<[A-Za-z/][^<>]*>|&(?:amp|lt|gt|quot|nbsp);"  # what stages.clean.strip_markup removes
+MARKUP = r"<[A-Za-z/][^<>]*>|&(?:amp|lt|gt|quot|nbsp);"  # what stages.clean_steps.strip_markup removes
 TASK_SPLITS = ["train", "validation", "test", "pool"]
 AUGMENT_COLUMNS = ["text", "label", "source_text", "book", "chapter", "verse"]
 LEAK = "no text from a validation or test chapter (leakage)"
@@ -146,7 +146,7 @@ def lengths(column: str, low: int | None = None, high: int | None = None):
 
 
 def stopword_ratio(text: str) -> float:
-    """Share of words that are English function words, counted as stages.clean.language_filter does.
+    """Share of words that are English function words (stages.clean.STOPWORDS): a check beside clean's lingua.
 
     'the law of Moses' -> 0.5
     """
