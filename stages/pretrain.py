@@ -120,6 +120,17 @@ def masking_for(objective: str, tokenizer, probability: float, seed: int) -> Mas
     )
 
 
+def saved_masking(model_dir: Path) -> Masking | None:
+    """The masking a saved pre-trained model was trained with (its meta.json and tokenizer); None for causal."""
+    from transformers import AutoTokenizer
+
+    params = json.loads((Path(model_dir) / "meta.json").read_text())["params"]
+    objective = params.get("objective", "causal")  # a model saved before masked LM existed is causal
+    if objective == "causal":
+        return None
+    return masking_for(objective, AutoTokenizer.from_pretrained(model_dir), params["mlm_probability"], params["seed"])
+
+
 def mask_tokens(x: torch.Tensor, m: Masking, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, labels) for masked LM from blocks x (B, T): BERT's 80/10/10; labels -100 where nothing is predicted.
 
@@ -205,13 +216,17 @@ def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
 
 @torch.no_grad()
 def lm_loss(model, blocks: torch.Tensor, batch_size: int, dev, max_batches: int | None = None, masking=None) -> float:
-    """Mean loss per predicted token over `blocks` (N, T): next-token (masking None) or masked-token (fixed masks)."""
+    """Mean loss per predicted token over `blocks` (N, T): next-token (masking None) or masked-token.
+
+    The validation masks are drawn once for all of `blocks`, so they depend neither on the batch size nor on the step.
+    """
     model.eval()
     total, n = 0.0, 0
+    all_inputs, all_labels = make_batch(blocks, masking, 0, stream=1)  # (N, T) each
     for i, start in enumerate(range(0, len(blocks), batch_size)):
         if max_batches is not None and i >= max_batches:
             break
-        inputs, labels = make_batch(blocks[start : start + batch_size], masking, i, stream=1)  # (B, T) each
+        inputs, labels = all_inputs[start : start + batch_size], all_labels[start : start + batch_size]
         with autocast(dev):
             total += token_loss(model, inputs.to(dev), labels.to(dev), masking is None).item()
         n += count_targets(labels, masking is None)
