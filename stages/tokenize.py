@@ -189,7 +189,12 @@ def run(
 
 
 def main() -> None:
-    print(json.dumps(run(load_params("tokenize", TokenizeParams)), indent=2))
+    from stages.common import ParamsError
+
+    try:
+        print(json.dumps(run(load_params("tokenize", TokenizeParams)), indent=2))
+    except ParamsError as e:
+        fail(str(e))
 
 
 if __name__ == "__main__":
