@@ -162,8 +162,8 @@ def count_targets(labels: torch.Tensor, causal: bool) -> int:
 def token_loss(model, inputs: torch.Tensor, labels: torch.Tensor, causal: bool) -> torch.Tensor:
     """Summed cross-entropy over the predicted tokens (float32), to be divided by the global count."""
     logits = model(input_ids=inputs).logits  # (B, T, V)
-    if causal:
-        logits, labels = logits[:, :-1], labels[:, 1:]  # position t predicts token t + 1
+    if causal:  # position t predicts token t + 1; the last predicts nothing (shifting labels copies no logits)
+        labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T)
     return torch.nn.functional.cross_entropy(
         logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
     )
