@@ -7,8 +7,8 @@ Issue 4's targets: tokens/s >= 1.2x HF Trainer's, and MFU >= 0.6 of the measured
 
 In one run, on the same machine, threads and moment:
   peak     fp32 matmul FLOP/s: torch.mm of two n x n float32 matrices (2 n^3 FLOP), best of several, n in MATMUL_N
-  ours     stages.pretrain.train (the stage's own loop: AdamW, warmup + cosine, clipping, accumulation; validation
-           on one batch at the end) for `steps` optimizer steps
+  ours     stages.pretrain.train (the stage's own loop: AdamW, warmup + cosine, clipping, accumulation; its closing
+           validation on a single block) for `steps` optimizer steps
   trainer  transformers.Trainer on the identical model (same config, same seeded init), the same blocks, micro-batch
            size, accumulation, learning rate, schedule, clipping and AdamW betas; no evaluation, saving or logging
 Each is timed end to end (setup included, as a user waits for it; Trainer's own train_runtime, its loop alone, is
@@ -99,7 +99,7 @@ def time_ours(p: PretrainParams, vocab, blocks: torch.Tensor, masking, tmp: Path
     seed_everything(p.seed)
     model = build_model(p, vocab, blocks.shape[1])
     t0 = time.perf_counter()
-    train(p, model, blocks, blocks[: p.batch_size], masking, tmp / "ckpt", "bench")
+    train(p, model, blocks, blocks[:1], masking, tmp / "ckpt", "bench")  # its closing validation: 1 block
     return time.perf_counter() - t0
 
 
