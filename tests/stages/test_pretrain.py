@@ -4,6 +4,7 @@ with the same weights."""
 import dataclasses
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,3 +140,17 @@ def test_masked_objective_trains_a_bert_and_reports_its_pseudo_perplexity(blocks
     val = (tmp_path / "live/plots/metrics/val/loss.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in val[1:]] == ["10", "20", "30"] and val[0].split("\t")[-1] == "loss"
     assert json.loads((tmp_path / "m.json").read_text()) == m
+
+    # dvc.yaml's pretrain plot draws both curves from these files
+    import yaml
+
+    plots = [p for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"] if "pretrain_loss" in p]
+    repo = tmp_path / "repo"
+    shutil.copytree(tmp_path / "live", repo / "metrics/pretrain_live")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}))
+    dvc = Path(sys.executable).parent / "dvc"
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    shown = subprocess.run([dvc, "plots", "show", "--json"], cwd=repo, capture_output=True, text=True, check=True)
+    rows = json.loads(shown.stdout)["data"]["pretrain_loss"][0]["content"]["data"]["values"]
+    assert {r["filename"] for r in rows} == {"train/loss.tsv", "val/loss.tsv"} and len(rows) == 30 + 3
