@@ -19,7 +19,8 @@ weights that multiply (every matrix but the position embeddings; the token embed
 output layer), L layers, T block_size, d width (attention's scores and values, forward and backward).
 
 Data: data/3_tokenize/blocks if the tokenize stage has run, else random token ids of tokenize.vocab_size (speed
-does not depend on which tokens). The machine is shared: the report records the load average at the start.
+does not depend on which tokens). On a shared machine other jobs come and go: many short runs, alternated, best of
+each, catch the quiet moments (the report records the load average at the start).
 """
 
 import argparse
@@ -195,11 +196,13 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m bench.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a 2-layer, 64-dim model, 3 steps, once (for tests)")
-    parser.add_argument("--steps", type=int, help="optimizer steps per timed run (default 10, quick 3)")
-    parser.add_argument("--repeats", type=int, help="timed runs of each; the best counts (default 2, quick 1)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per timed run (default 5, quick 3)")
+    parser.add_argument(
+        "--repeats", type=int, help="timed runs of each, alternated; the best counts (default 4, quick 1)"
+    )
     parser.add_argument("--out", type=Path, default=REPORT, help=f"where the JSON report goes (default {REPORT})")
     args = parser.parse_args(argv)
-    steps, repeats = args.steps or (3 if args.quick else 10), args.repeats or (1 if args.quick else 2)
+    steps, repeats = args.steps or (3 if args.quick else 5), args.repeats or (1 if args.quick else 4)
     if steps < 1 or repeats < 1:
         parser.error("--steps and --repeats: must be >= 1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
