@@ -122,10 +122,13 @@ def masking_for(objective: str, tokenizer, probability: float, seed: int) -> Mas
 
 def saved_masking(model_dir: Path) -> Masking | None:
     """The masking a saved pre-trained model was trained with (its meta.json and tokenizer); None for causal."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
-    params = json.loads((Path(model_dir) / "meta.json").read_text())["params"]
+    meta_file = Path(model_dir) / "meta.json"
+    params = json.loads(meta_file.read_text())["params"] if meta_file.exists() else {}
     objective = params.get("objective", "causal")  # a model saved before masked LM existed is causal
+    if "objective" not in params and "MaskedLM" in str(AutoConfig.from_pretrained(model_dir).architectures):
+        raise ValueError(f"{meta_file}: a masked LM without the pretrain meta.json that says how it was masked")
     if objective == "causal":
         return None
     return masking_for(objective, AutoTokenizer.from_pretrained(model_dir), params["mlm_probability"], params["seed"])
