@@ -197,10 +197,16 @@ def build_model(p: PretrainParams, tokenizer, block_size: int):
 
 def load_model(p: PretrainParams, tokenizer, block_size: int):
     """The model to train: built from scratch, or p.init's checkpoint, checked against tokenize's tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     if p.init == "scratch":
         return build_model(p, tokenizer, block_size)
+    heads = " ".join(from_checkpoint(AutoConfig.from_pretrained, p.init, "pretrain.init").architectures or [])
+    fits = ("MaskedLM" in heads or "PreTraining" in heads) if p.objective == "masked" else "LMHead" in heads or (
+        "CausalLM" in heads)  # fmt: skip
+    if heads and not fits:  # e.g. a BERT MLM loaded as a causal LM would attend to the tokens it is to predict
+        raise ParamsError(f"pretrain.objective: {p.objective} does not fit {p.init}, a {heads}; set the objective it "
+                          f"was pre-trained with")  # fmt: skip
     auto = AutoModelForCausalLM if p.objective == "causal" else AutoModelForMaskedLM
     model = from_checkpoint(auto.from_pretrained, p.init, "pretrain.init")
     own = from_checkpoint(AutoTokenizer.from_pretrained, p.init, "pretrain.init")

@@ -126,3 +126,13 @@ def test_missing_hub_names_and_folders_fail_naming_the_key(tmp_path):
         stages.pretrain.load_model(p, tok, 32)
     with pytest.raises(ParamsError, match=r"pretrain.init: \./nowhere: no such folder"):
         stages.pretrain.load_model(dataclasses.replace(p, init="./nowhere"), tok, 32)
+
+
+def test_an_objective_the_checkpoint_was_not_trained_with_fails_naming_the_key(tmp_path):
+    tok = train_tokenizer(TEXTS[:50], vocab_size=300, min_frequency=2)
+    p = load_params("pretrain", PretrainParams, ROOT / "params.yaml")
+    gpt2, bert = gpt2_checkpoint(tmp_path / "gpt2"), bert_checkpoint(tmp_path / "bert")
+    with pytest.raises(ParamsError, match=r"pretrain.objective: masked does not fit .*GPT2LMHeadModel"):
+        stages.pretrain.load_model(dataclasses.replace(p, objective="masked", init=str(gpt2)), tok, 32)
+    with pytest.raises(ParamsError, match=r"pretrain.objective: causal does not fit .*BertForMaskedLM"):
+        stages.pretrain.load_model(dataclasses.replace(p, objective="causal", init=str(bert)), tok, 32)
