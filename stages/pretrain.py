@@ -202,8 +202,9 @@ def load_model(p: PretrainParams, tokenizer, block_size: int):
     if p.init == "scratch":
         return build_model(p, tokenizer, block_size)
     heads = " ".join(from_checkpoint(AutoConfig.from_pretrained, p.init, "pretrain.init").architectures or [])
-    fits = ("MaskedLM" in heads or "PreTraining" in heads) if p.objective == "masked" else "LMHead" in heads or (
-        "CausalLM" in heads)  # fmt: skip
+    fits = any(
+        k in heads for k in (("MaskedLM", "PreTraining") if p.objective == "masked" else ("LMHead", "CausalLM"))
+    )
     if heads and not fits:  # e.g. a BERT MLM loaded as a causal LM would attend to the tokens it is to predict
         raise ParamsError(f"pretrain.objective: {p.objective} does not fit {p.init}, a {heads}; set the objective it "
                           f"was pre-trained with")  # fmt: skip
