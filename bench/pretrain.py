@@ -6,7 +6,8 @@
 Issue 4's targets: tokens/s >= 1.2x HF Trainer's, and MFU >= 0.6 of the measured fp32 matmul peak.
 
 In one run, on the same machine, threads and moment:
-  peak     fp32 matmul FLOP/s: torch.mm of two n x n float32 matrices (2 n^3 FLOP), best of several, n in MATMUL_N
+  peak     fp32 matmul FLOP/s: torch.mm of two n x n float32 matrices (2 n^3 FLOP), best of several, n in MATMUL_N,
+           measured before the first round and after each (a shared CPU's peak moves as other jobs come and go)
   ours     stages.pretrain.train (the stage's own loop: AdamW, warmup + cosine, clipping, accumulation; its closing
            validation on a single block) for `steps` optimizer steps
   trainer  transformers.Trainer on the identical model (same config, same seeded init), the same blocks, micro-batch
@@ -136,7 +137,8 @@ def bench(steps: int, repeats: int, quick: bool) -> dict:
     block_size = 32 if quick else tp.block_size
     blocks, vocab, source = load_blocks(512 if quick else tp.vocab_size, block_size, 4096, quick)
     masking = masking_for(p.objective, vocab, p.mlm_probability, p.seed)
-    peak = matmul_peak((256, 512) if quick else MATMUL_N, 3 if quick else 10)
+    sizes, mm_repeats = ((256, 512), 3) if quick else (MATMUL_N, 10)
+    peaks = [matmul_peak(sizes, mm_repeats)]
     seconds = {"ours": [], "trainer": [], "trainer_loop": []}
     with tempfile.TemporaryDirectory() as tmp:
         warm = dataclasses.replace(p, max_steps=1, warmup_steps=1)
@@ -148,6 +150,8 @@ def bench(steps: int, repeats: int, quick: bool) -> dict:
             end_to_end, loop = time_trainer(timed, vocab, blocks, Path(tmp))
             seconds["trainer"].append(end_to_end)
             seconds["trainer_loop"].append(loop)  # Trainer's train_runtime: its loop without building the Trainer
+            peaks.append(matmul_peak(sizes, mm_repeats))  # between rounds: the peak of the quietest moment
+    peak = max(peaks, key=lambda x: x["flops"])
     tokens = steps * p.batch_size * p.grad_accum * block_size
     tps = {k: tokens / min(v) for k, v in seconds.items()}
     fpt, n_matmul = flops_per_token(build_model(p, vocab, block_size), block_size)
@@ -162,6 +166,7 @@ def bench(steps: int, repeats: int, quick: bool) -> dict:
         "mfu_trainer": round(mfu["trainer"], 4),
         "matmul_peak_gflops": round(peak["flops"] / 1e9, 2),
         "matmul_gflops_by_n": peak["by_n"],
+        "matmul_peak_gflops_each": [round(x["flops"] / 1e9, 2) for x in peaks],  # before and after each round
         "targets": TARGETS,
         "meets_targets": {
             "speedup_vs_trainer": speedup >= TARGETS["speedup_vs_trainer"],

@@ -29,6 +29,7 @@ def test_quick_run_writes_the_report(tmp_path):
     assert r["matmul_params"] == n and r["flops_per_token"] == 6 * n + 12 * 2 * 32 * 64
     peak = r["matmul_peak_gflops"] * 1e9
     assert peak == max(r["matmul_gflops_by_n"].values()) * 1e9 > 1e8
+    assert len(r["matmul_peak_gflops_each"]) == 2 and r["matmul_peak_gflops"] == max(r["matmul_peak_gflops_each"])
     assert r["mfu"] == pytest.approx(r["tokens_per_second"] * r["flops_per_token"] / peak, rel=0.01)
     assert r["meets_targets"] == {"speedup_vs_trainer": r["speedup_vs_trainer"] >= 1.2, "mfu": r["mfu"] >= 0.6}
     assert r["command"] == f"python -m bench.pretrain --quick --out {out}"
