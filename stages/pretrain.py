@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from stages.training import (
     batch_indices,
     count_params,
     device,
+    distributed,
     fingerprint,
     from_checkpoint,
     load_checkpoint,
@@ -247,18 +247,6 @@ def lm_loss(model, blocks: torch.Tensor, batch_size: int, dev, max_batches: int 
         n += count_targets(labels, masking is None)
     model.train()
     return total / max(1, n)
-
-
-def distributed() -> tuple[int, int]:
-    """(rank, world size); under torchrun the process group is set up here (gloo on CPUs, nccl on GPUs)."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
 def train(p: PretrainParams, model, train_blocks, val_blocks, masking, ckpt: Path, fp: str):

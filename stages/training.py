@@ -23,6 +23,18 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def distributed() -> tuple[int, int]:
+    """(rank, world size); under torchrun the process group is set up here (gloo on CPUs, nccl on GPUs)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
 def autocast(dev: torch.device):
     """bf16 autocast on a GPU that has it; full fp32 on the CPU (bitwise-reproducible)."""
     enabled = dev.type == "cuda" and torch.cuda.is_bf16_supported()
