@@ -348,12 +348,13 @@ def run(
         return {}
 
     val_loss = lm_loss(model, val_blocks, p.batch_size, device(), masking=masking)
+    last = curve[-min(p.eval_every, len(curve)) :]
     trainable, total = count_params(model)
     metrics = {
         "objective": p.objective,
         "val_loss": round(val_loss, 4),  # per predicted token: next tokens, or the masked ones
         "val_perplexity": round(math.exp(val_loss), 2),  # masked: a pseudo-perplexity
-        "train_loss": round(curve[-1]["train_loss"], 4) if curve else None,
+        "train_loss": round(sum(r["train_loss"] for r in last) / len(last), 4),  # mean of the last eval_every steps
         "steps": p.max_steps,
         "tokens_seen": p.max_steps * p.grad_accum * p.batch_size * train_blocks.shape[1],
         "epochs": round(p.max_steps * p.grad_accum * p.batch_size / len(train_blocks), 3),

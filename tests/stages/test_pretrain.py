@@ -137,6 +137,7 @@ def test_masked_objective_trains_a_bert_and_reports_its_pseudo_perplexity(blocks
         float(r.split("\t")[-1]) for r in (tmp_path / "live/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]
     ]
     assert len(train) == 30 and sum(train[-5:]) < sum(train[:5])  # logged every step, and it learned
+    assert m["train_loss"] == pytest.approx(sum(train[-10:]) / 10, abs=1e-4)  # the mean of the last eval_every steps
     val = (tmp_path / "live/plots/metrics/val/loss.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in val[1:]] == ["10", "20", "30"] and val[0].split("\t")[-1] == "loss"
     assert json.loads((tmp_path / "m.json").read_text()) == m
