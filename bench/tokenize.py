@@ -9,7 +9,7 @@ numbers say the code runs, not how fast the stage is.
 Text: data/2_clean/corpus if present (what the stage reads), else the English chapters built from data/raw as the
 ingest stage builds them (stages.ingest with params.yaml's `ingest:`; not cleaned). Tokenizer:
 data/3_tokenize/tokenizer if present, else trained on that text by stages.tokenize.train_tokenizer with params.yaml's
-`tokenize:` (not timed). Three encodings of the same texts, each timed best of --repeats:
+`tokenize:` (not timed). Three encodings of the same texts, taking turns, each timed best of --repeats:
 
   stage  the stage's own path: `docs.map(encode, batched=True, num_proc=..., remove_columns=docs.column_names,
          keep_in_memory=True)` on the corpus loaded from disk, with `encode` = `tokenizer(batch["text"],
@@ -100,14 +100,16 @@ def raw_encode(texts: list[str], tokenizer) -> list[list[int]]:
     return [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
 
 
-def best_of(fn, repeats: int) -> tuple[list[float], object]:
-    """(seconds of each of `repeats` calls of fn(), the last call's result)."""
-    seconds = []
+def alternated(runs: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
+    """({name: seconds of each of its `repeats` calls}, {name: its last result}), the runs taking turns (stage, call,
+    raw, stage, ...): on a shared machine a burst of other work slows one round of all three, not one of them."""
+    seconds, results = {name: [] for name in runs}, {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        seconds.append(time.perf_counter() - start)
-    return seconds, result
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds, results
 
 
 def machine() -> dict:
@@ -147,9 +149,7 @@ def bench(repeats: int, quick: bool) -> dict:
             "call": lambda: call_encode(texts, tokenizer),
             "raw": lambda: raw_encode(texts, tokenizer),
         }
-        seconds, ids = {}, {}
-        for name, fn in runs.items():
-            seconds[name], ids[name] = best_of(fn, repeats)
+        seconds, ids = alternated(runs, repeats)
     if not ids["stage"] == ids["call"] == ids["raw"]:
         fail("the stage's encoding, the transformers call and raw tokenizers gave different ids: not comparable")
     mb = sum(len(t.encode()) for t in texts) / 1e6

@@ -95,14 +95,14 @@ class TrainParams:  # finetune.train: shared by every run
     dropout: float  # residual/attention/embedding dropout while fine-tuning
     grad_clip: float
     eval_batch_size: int
-    pooling: str  # mean | last: how the head sees the sequence
+    pooling: str  # mean | last | first: how the head sees the sequence
 
     def validate(self):
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
             if getattr(self, name) < 1:
                 yield f"{name}: must be >= 1, got {getattr(self, name)}"
-        if self.pooling not in ("mean", "last"):
-            yield f"pooling: expected mean or last, got {self.pooling!r}"
+        if self.pooling not in ("mean", "last", "first"):
+            yield f"pooling: expected mean, last or first, got {self.pooling!r}"
 
 
 @dataclass(frozen=True, kw_only=True)  # kw_only: fields keep meta.json's order, defaults or not
@@ -181,8 +181,9 @@ class Classifier(torch.nn.Module):
     """A pre-trained (or fresh) transformer body, pooled over tokens, and a linear head. Composed, not subclassed.
 
     Pooling `mean` averages the hidden states of the real (non-pad) tokens; `last` takes the last real token
-    (GPT-2's own choice). Mean pooling puts every token's contextual embedding in front of the head, which
-    is what few labels can learn from.
+    (GPT-2's own choice); `first` the first token (BERT's [CLS] position: a masked body's first token sees the whole
+    verse). Mean pooling puts every token's contextual embedding in front of the head, which is what few labels can
+    learn from.
     """
 
     def __init__(self, body, num_labels: int, pooling: str, dropout: float):
@@ -197,6 +198,8 @@ class Classifier(torch.nn.Module):
         mask = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
         if self.pooling == "mean":
             pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, H)
+        elif self.pooling == "first":
+            pooled = h[:, 0]  # (B, H)
         else:
             last = attention_mask.sum(1) - 1  # right padding: index of the last real token
             pooled = h[torch.arange(len(h), device=h.device), last]
@@ -227,12 +230,15 @@ def load_body(path: Path, scratch: bool = False, **config_overrides):
 
 def build_classifier(run: RunParams, pretrained: Path, num_labels: int, t: TrainParams):
     """The model to train: the run's method (stages/methods.py) applied to the body, under a fresh head."""
+    from transformers import AutoConfig
+
     if run.init == "checkpoint":
         source = checkpoint_source(run.checkpoint)
         config = checkpoint_config(source, run.checkpoint)
         body = load_body(source, **{k: t.dropout for k in DROPOUT_KEYS if k in config.to_dict()})
     else:
-        drop = {"resid_pdrop": t.dropout, "embd_pdrop": t.dropout, "attn_pdrop": t.dropout}
+        config = AutoConfig.from_pretrained(pretrained)  # GPT-2 (causal) or BERT (pretrain.objective masked)
+        drop = {k: t.dropout for k in DROPOUT_KEYS if k in config.to_dict()}
         body = load_body(pretrained, scratch=run.init == "scratch", **drop)
     return Classifier(METHODS[run.method].build(body, run.knobs), num_labels, t.pooling, t.dropout)
 

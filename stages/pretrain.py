@@ -1,18 +1,29 @@
-"""pretrain: a small GPT-2-style transformer trained from scratch, self-supervised, on the packed corpus.
+"""pretrain: a small transformer trained self-supervised on the packed corpus: causal LM (GPT-2) or masked LM (BERT).
 
-Reads  data/3_tokenize/blocks (train/validation input_ids of block_size), data/3_tokenize/tokenizer
-Writes models/4_pretrain          the causal LM (save_pretrained, safetensors) + its tokenizer + meta.json
+Reads  data/3_tokenize/blocks (train/validation input_ids of block_size), data/3_tokenize/tokenizer;
+       pretrain.init's checkpoint (a save_pretrained folder or a hub name) when it is not `scratch`
+Writes models/4_pretrain          the model (save_pretrained, safetensors) + its tokenizer + meta.json
        metrics/pretrain.json      validation loss and perplexity on all held-out blocks, throughput
-       metrics/pretrain_curve.csv train and validation loss by step (`dvc plots show`)
+       metrics/pretrain_live/     dvclive: train loss by step, validation loss by eval step (`dvc plots show`)
 
-    python -m stages.pretrain
+    python -m stages.pretrain                                        # one process (a GPU if there is one)
+    torchrun --nproc_per_node=2 -m stages.pretrain                   # DDP: gloo on CPUs, nccl on GPUs
 
-The loop is written out: AdamW (no decay on biases and norms), linear warmup then cosine decay, gradient
-clipping and accumulation, periodic validation. A checkpoint every `checkpoint_every` steps holds model,
-optimizer, scheduler, RNG state and the step (the data position: batches are a function of seed and step),
-so a killed run resumes where it stopped and ends with the same weights.
+Objectives (`objective`): causal predicts every next token; masked (BERT's recipe) picks `mlm_probability` of the
+tokens (never a special one), puts [MASK] in 80% of them, a random token in 10%, leaves 10%, and predicts the
+originals; its perplexity is exp(loss on the masked tokens), a pseudo-perplexity not comparable with a causal one.
+`init: scratch` builds the model from n_layer/n_embd/n_head; a checkpoint (folder or hub name) continues its weights
+and architecture, and its tokenizer must be tokenize's (`tokenize.tokenizer:` the same checkpoint; checked here).
+
+The loop is written out: AdamW (no decay on biases and norms), linear warmup then cosine decay, gradient clipping
+and accumulation, periodic validation. The batches and their masks are a function of seed and step (the data
+position), so a checkpoint every `checkpoint_every` steps (model, optimizer, scheduler, RNG state, step) lets a
+killed run resume where it stopped and end with the same weights. Under torchrun each of the N processes takes
+1/N of every global micro-batch (batch_size blocks); the loss is the global batch's token mean, so N processes
+train the same model as one (up to float summation order). Only rank 0 validates and writes.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -23,14 +34,16 @@ from pathlib import Path
 
 import torch
 
-from stages.common import atomic_dir, load_params, meta, seed_everything, write_json, write_text
+from stages.common import ParamsError, atomic_dir, fail, load_params, meta, seed_everything, write_json
 from stages.training import (
     CHECKPOINTS,
     autocast,
     batch_indices,
     count_params,
     device,
+    distributed,
     fingerprint,
+    from_checkpoint,
     load_checkpoint,
     save_checkpoint,
     warmup_cosine,
@@ -40,13 +53,17 @@ BLOCKS = Path("data/3_tokenize/blocks")
 TOKENIZER = Path("data/3_tokenize/tokenizer")
 OUT = Path("models/4_pretrain")
 METRICS = Path("metrics/pretrain.json")
-CURVE = Path("metrics/pretrain_curve.csv")
+LIVE = Path("metrics/pretrain_live")
+OBJECTIVES = ("causal", "masked")
 
 
 @dataclass(frozen=True)
 class PretrainParams:
+    objective: str  # causal | masked
+    init: str  # scratch | a checkpoint to continue: a save_pretrained folder or a hub name
+    mlm_probability: float  # masked: share of tokens masked per block
     seed: int
-    n_layer: int
+    n_layer: int  # scratch only (a checkpoint brings its own architecture), as are n_embd, n_head, dropout
     n_embd: int
     n_head: int
     dropout: float
@@ -54,7 +71,7 @@ class PretrainParams:
     min_lr_ratio: float  # the cosine decays to lr * min_lr_ratio
     warmup_steps: int
     max_steps: int  # optimizer steps; tokens seen = max_steps * batch_size * grad_accum * block_size
-    batch_size: int  # blocks per micro-batch
+    batch_size: int  # blocks per global micro-batch (split across torchrun's processes)
     grad_accum: int  # micro-batches per optimizer step
     weight_decay: float
     grad_clip: float
@@ -63,6 +80,12 @@ class PretrainParams:
     checkpoint_every: int  # steps between checkpoints (0 = none)
 
     def validate(self):
+        if self.objective not in OBJECTIVES:
+            yield f"objective: expected causal or masked, got {self.objective!r}"
+        if not self.init:
+            yield "init: expected scratch or a checkpoint (folder or hub name)"
+        if not 0 < self.mlm_probability < 1:
+            yield f"mlm_probability: must be in (0, 1), got {self.mlm_probability}"
         if self.lr <= 0:
             yield f"lr: must be > 0, got {self.lr}"
         if self.n_embd % self.n_head:
@@ -74,46 +97,167 @@ class PretrainParams:
             yield f"dropout: must be in [0, 1), got {self.dropout}"
 
 
-def build_model(p: PretrainParams, tokenizer, block_size: int):
-    """A GPT-2 causal LM from a config (random init, seeded by the caller)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+@dataclass(frozen=True)
+class Masking:
+    """What masked LM needs of the tokenizer: the [MASK] id, the id range of random tokens, ids never masked."""
 
+    mask_id: int
+    vocab_size: int
+    special_ids: tuple[int, ...]
+    probability: float
+    seed: int
+
+
+def masking_for(objective: str, tokenizer, probability: float, seed: int) -> Masking | None:
+    """Masking for the masked objective (None for causal); a tokenizer without a mask token fails naming the key."""
+    if objective == "causal":
+        return None
+    if tokenizer.mask_token_id is None:
+        raise ParamsError("pretrain.objective: masked needs a mask token; the tokenizer has none (tokenize."
+                          "special_tokens.mask for a trained one; a checkpoint's must bring its own)")  # fmt: skip
+    return Masking(
+        tokenizer.mask_token_id, len(tokenizer), tuple(sorted(tokenizer.all_special_ids)), probability, seed
+    )
+
+
+def saved_masking(model_dir: Path) -> Masking | None:
+    """The masking a saved pre-trained model was trained with (its meta.json and tokenizer); None for causal."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    meta_file = Path(model_dir) / "meta.json"
+    params = json.loads(meta_file.read_text())["params"] if meta_file.exists() else {}
+    objective = params.get("objective", "causal")  # a model saved before masked LM existed is causal
+    if "objective" not in params and "MaskedLM" in str(AutoConfig.from_pretrained(model_dir).architectures):
+        raise ValueError(f"{meta_file}: a masked LM without the pretrain meta.json that says how it was masked")
+    if objective == "causal":
+        return None
+    return masking_for(objective, AutoTokenizer.from_pretrained(model_dir), params["mlm_probability"], params["seed"])
+
+
+def mask_tokens(x: torch.Tensor, m: Masking, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) for masked LM from blocks x (B, T): BERT's 80/10/10; labels -100 where nothing is predicted.
+
+    Every draw comes from `g`, so the masks are a function of its seed (resumes and torchrun ranks agree).
+    """
+    special = torch.isin(x, torch.tensor(m.special_ids))  # (B, T)
+    chosen = (torch.rand(x.shape, generator=g) < m.probability) & ~special
+    roll = torch.rand(x.shape, generator=g)  # < 0.8: [MASK]; 0.8..0.9: a random token; >= 0.9: left as it is
+    random_ids = torch.randint(m.vocab_size, x.shape, generator=g)
+    inputs = torch.where(chosen & (roll < 0.8), m.mask_id, x)
+    inputs = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_ids, inputs)
+    labels = torch.where(chosen, x, -100)
+    return inputs, labels
+
+
+def make_batch(x: torch.Tensor, masking: Masking | None, step: int, stream: int = 0):
+    """(inputs, labels) of blocks x (B, T): for causal the labels are the inputs (shifted in token_loss); for masked
+    the masks of micro-batch `step` of `stream` (0 train, 1 validation), seeded apart from torch's global RNG."""
+    if masking is None:
+        return x, x
+    return mask_tokens(x, masking, torch.Generator().manual_seed((masking.seed * 1_000_003 + step) * 2 + stream))
+
+
+def count_targets(labels: torch.Tensor, causal: bool) -> int:
+    """Tokens predicted: T - 1 per row for causal, the masked ones for masked."""
+    return labels.numel() - len(labels) if causal else int((labels != -100).sum())
+
+
+def token_loss(model, inputs: torch.Tensor, labels: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Summed cross-entropy over the predicted tokens (float32), to be divided by the global count."""
+    logits = model(input_ids=inputs).logits  # (B, T, V)
+    if causal:  # position t predicts token t + 1; the last predicts nothing (shifting labels copies no logits)
+        labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T)
+    return torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
+    )
+
+
+def build_model(p: PretrainParams, tokenizer, block_size: int):
+    """A GPT-2 causal LM or a BERT masked LM from a config (random init, seeded by the caller).
+
+    GPT-2's gelu_new runs as PyTorch's fused tanh GELU: the same formula (within 2.4e-7 in float32), one kernel
+    instead of several on a CPU, and what finetune's load_body runs the body with anyway.
+    """
+    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+    if p.objective == "masked":
+        config = BertConfig(
+            vocab_size=len(tokenizer), hidden_size=p.n_embd, num_hidden_layers=p.n_layer, num_attention_heads=p.n_head,
+            intermediate_size=4 * p.n_embd, max_position_embeddings=block_size, hidden_dropout_prob=p.dropout,
+            attention_probs_dropout_prob=p.dropout, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+        return BertForMaskedLM(config)
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=block_size, n_embd=p.n_embd, n_layer=p.n_layer, n_head=p.n_head,
-        resid_pdrop=p.dropout, embd_pdrop=p.dropout, attn_pdrop=p.dropout,
+        resid_pdrop=p.dropout, embd_pdrop=p.dropout, attn_pdrop=p.dropout, activation_function="gelu_pytorch_tanh",
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
     return GPT2LMHeadModel(config)
 
 
+def load_model(p: PretrainParams, tokenizer, block_size: int):
+    """The model to train: built from scratch, or p.init's checkpoint, checked against tokenize's tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    if p.init == "scratch":
+        return build_model(p, tokenizer, block_size)
+    heads = " ".join(from_checkpoint(AutoConfig.from_pretrained, p.init, "pretrain.init").architectures or [])
+    fits = any(
+        k in heads for k in (("MaskedLM", "PreTraining") if p.objective == "masked" else ("LMHead", "CausalLM"))
+    )
+    if heads and not fits:  # e.g. a BERT MLM loaded as a causal LM would attend to the tokens it is to predict
+        raise ParamsError(f"pretrain.objective: {p.objective} does not fit {p.init}, a {heads}; set the objective it "
+                          f"was pre-trained with")  # fmt: skip
+    auto = AutoModelForCausalLM if p.objective == "causal" else AutoModelForMaskedLM
+    model = from_checkpoint(auto.from_pretrained, p.init, "pretrain.init")
+    own = from_checkpoint(AutoTokenizer.from_pretrained, p.init, "pretrain.init")
+    if own.get_vocab() != tokenizer.get_vocab():
+        raise ParamsError(f"pretrain.init: {p.init}'s tokenizer differs from data/3_tokenize's; set tokenize."
+                          f"tokenizer: {p.init} so that the blocks are encoded with the checkpoint's own")  # fmt: skip
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 0)
+    if positions and block_size > positions:
+        raise ParamsError(f"tokenize.block_size: {block_size} exceeds the {positions} positions of {p.init}")
+    return model
+
+
 def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on biases, norms)."""
+    """AdamW with weight decay on matrices only (not on biases, norms); fused: one kernel for all tensors (on a CPU
+    an 8th of the time of the per-tensor loop, a 6th of foreach's)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
 
 
 @torch.no_grad()
-def lm_loss(model, blocks: torch.Tensor, batch_size: int, dev, max_batches: int | None = None) -> float:
-    """Mean next-token loss over `blocks` (N, T), token-weighted."""
+def lm_loss(model, blocks: torch.Tensor, batch_size: int, dev, max_batches: int | None = None, masking=None) -> float:
+    """Mean loss per predicted token over `blocks` (N, T): next-token (masking None) or masked-token.
+
+    The validation masks are drawn once for all of `blocks`, so they depend neither on the batch size nor on the step.
+    """
     model.eval()
     total, n = 0.0, 0
+    all_inputs, all_labels = make_batch(blocks, masking, 0, stream=1)  # (N, T) each
     for i, start in enumerate(range(0, len(blocks), batch_size)):
         if max_batches is not None and i >= max_batches:
             break
-        x = blocks[start : start + batch_size].to(dev)
+        inputs, labels = all_inputs[start : start + batch_size], all_labels[start : start + batch_size]
         with autocast(dev):
-            loss = model(input_ids=x, labels=x).loss
-        tokens = x.numel() - len(x)  # (B, T) predicts T-1 tokens per row
-        total, n = total + loss.item() * tokens, n + tokens
+            total += token_loss(model, inputs.to(dev), labels.to(dev), masking is None).item()
+        n += count_targets(labels, masking is None)
     model.train()
     return total / max(1, n)
 
 
-def train(p: PretrainParams, model, train_blocks: torch.Tensor, val_blocks: torch.Tensor, ckpt: Path, fp: str):
-    """The training loop; returns (curve, seconds, tokens seen in this process)."""
-    dev = device()
+def train(p: PretrainParams, model, train_blocks, val_blocks, masking, ckpt: Path, fp: str):
+    """The training loop; returns (curve, seconds, tokens seen by all processes). Each curve row is one step:
+    step, train_loss (that step's global batch), lr, and val_loss at validation steps."""
+    import torch.distributed as dist
+
+    rank, world = distributed()
+    if p.batch_size % world:
+        raise ParamsError(f"pretrain.batch_size: {p.batch_size} blocks do not split over {world} processes")
+    dev, causal, shard = device(), masking is None, p.batch_size // world
     model.to(dev).train()
     opt = make_optimizer(model, p.lr, p.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -121,37 +265,61 @@ def train(p: PretrainParams, model, train_blocks: torch.Tensor, val_blocks: torc
     )
     info = load_checkpoint(ckpt, model, opt, sched, fp) if p.checkpoint_every else None
     start, curve = (info["step"], info["curve"]) if info else (0, [])
-    t0, tokens, running = time.perf_counter(), 0, []
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    t0, tokens, pending = time.perf_counter(), 0, []
     for step in range(start, p.max_steps):
-        for micro in range(p.grad_accum):
-            idx = batch_indices(len(train_blocks), p.batch_size, step * p.grad_accum + micro, p.seed)
-            x = train_blocks[idx].to(dev)  # (B, T)
-            with autocast(dev):
-                loss = model(input_ids=x, labels=x).loss / p.grad_accum
-            loss.backward()
-            running.append(loss.item() * p.grad_accum)
-            tokens += x.numel()
+        micro_batches = []
+        for micro in range(p.grad_accum):  # the global batch of this step and its targets, on every rank
+            k = step * p.grad_accum + micro
+            inputs, labels = make_batch(train_blocks[batch_indices(len(train_blocks), p.batch_size, k, p.seed)],
+                                        masking, k)  # fmt: skip
+            micro_batches.append((inputs, labels))  # (B, T) each
+        n_targets = max(1, sum(count_targets(labels, causal) for _, labels in micro_batches))
+        step_loss = torch.zeros((), device=dev)
+        for micro, (inputs, labels) in enumerate(micro_batches):
+            rows = slice(rank * shard, (rank + 1) * shard)  # this rank's share of the global micro-batch
+            x, y = inputs[rows].to(dev), labels[rows].to(dev)  # (B / world, T)
+            sync = world == 1 or micro == p.grad_accum - 1  # DDP all-reduces gradients on the last micro-batch only
+            with contextlib.nullcontext() if sync else ddp.no_sync(), autocast(dev):
+                loss = token_loss(ddp, x, y, causal) / n_targets  # this rank's part of the global token mean
+            (loss * world).backward()  # DDP averages over ranks: x world makes it the sum, i.e. the global mean
+            step_loss += loss.detach()
+            tokens += x.numel() * world
         torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if world > 1:
+            dist.all_reduce(step_loss)  # the global batch's loss, for the curve
+        pending.append({"step": step + 1, "train_loss": step_loss, "lr": sched.get_last_lr()[0]})
         done = step + 1
         if done % p.eval_every == 0 or done == p.max_steps:
-            val = lm_loss(model, val_blocks, p.batch_size, dev, p.eval_batches)
-            curve.append(
-                {
-                    "step": done,
-                    "train_loss": sum(running) / len(running),
-                    "val_loss": val,
-                    "lr": sched.get_last_lr()[0],
-                }
-            )
-            print(f"step {done}/{p.max_steps}  train {curve[-1]['train_loss']:.4f}  val {val:.4f}  "
-                  f"{tokens / (time.perf_counter() - t0):,.0f} tok/s", flush=True)  # fmt: skip
-            running = []
-        if p.checkpoint_every and done % p.checkpoint_every == 0 and done < p.max_steps:
-            save_checkpoint(ckpt, model, opt, sched, done, fp, {"curve": curve})
+            curve += [{**row, "train_loss": row["train_loss"].item()} for row in pending]  # one sync per eval
+            pending = []
+            if rank == 0:
+                curve[-1]["val_loss"] = lm_loss(model, val_blocks, p.batch_size, dev, p.eval_batches, masking)
+                row = curve[-1]
+                print(f"step {done}/{p.max_steps}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
+                      f"{tokens / (time.perf_counter() - t0):,.0f} tok/s", flush=True)  # fmt: skip
+        if p.checkpoint_every and done % p.checkpoint_every == 0 and done < p.max_steps and rank == 0:
+            flushed = curve + [{**row, "train_loss": row["train_loss"].item()} for row in pending]
+            save_checkpoint(ckpt, model, opt, sched, done, fp, {"curve": flushed})
     return curve, time.perf_counter() - t0, tokens
+
+
+def write_live(curve: list[dict], live_dir: Path) -> None:
+    """The curve as dvclive logs it (train/loss, val/loss, lr by step), written in one go once training is done:
+    a resumed run rewrites the whole curve instead of appending to a half-written one."""
+    from dvclive import Live
+
+    shutil.rmtree(live_dir, ignore_errors=True)
+    with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False) as live:
+        for row in curve:
+            live.step = row["step"]
+            live.log_metric("train/loss", row["train_loss"])
+            live.log_metric("lr", row["lr"])
+            if "val_loss" in row:
+                live.log_metric("val/loss", row["val_loss"])
 
 
 def run(
@@ -160,7 +328,7 @@ def run(
     tokenizer_dir: Path = TOKENIZER,
     out: Path = OUT,
     metrics_path: Path = METRICS,
-    curve_path: Path = CURVE,
+    live_dir: Path = LIVE,
     ckpt: Path = CHECKPOINTS / "pretrain",
 ) -> dict:
     from datasets import load_from_disk
@@ -171,20 +339,27 @@ def run(
     ds = load_from_disk(str(blocks))
     train_blocks = torch.tensor(ds["train"]["input_ids"], dtype=torch.long)  # (N, T)
     val_blocks = torch.tensor(ds["validation"]["input_ids"], dtype=torch.long)
-    model = build_model(p, tokenizer, train_blocks.shape[1])
+    masking = masking_for(p.objective, tokenizer, p.mlm_probability, p.seed)
+    model = load_model(p, tokenizer, train_blocks.shape[1])
     fp = fingerprint(dataclasses.asdict(p), blocks, tokenizer_dir)
-    curve, seconds, tokens = train(p, model, train_blocks, val_blocks, ckpt, fp)
+    curve, seconds, tokens = train(p, model, train_blocks, val_blocks, masking, ckpt, fp)
+    rank, world = distributed()
+    if rank != 0:
+        return {}
 
-    val_loss = lm_loss(model, val_blocks, p.batch_size, device())
+    val_loss = lm_loss(model, val_blocks, p.batch_size, device(), masking=masking)
+    last = curve[-min(p.eval_every, len(curve)) :]
     trainable, total = count_params(model)
     metrics = {
-        "val_loss": round(val_loss, 4),
-        "val_perplexity": round(math.exp(val_loss), 2),
-        "train_loss": round(curve[-1]["train_loss"], 4) if curve else None,
+        "objective": p.objective,
+        "val_loss": round(val_loss, 4),  # per predicted token: next tokens, or the masked ones
+        "val_perplexity": round(math.exp(val_loss), 2),  # masked: a pseudo-perplexity
+        "train_loss": round(sum(r["train_loss"] for r in last) / len(last), 4),  # mean of the last eval_every steps
         "steps": p.max_steps,
         "tokens_seen": p.max_steps * p.grad_accum * p.batch_size * train_blocks.shape[1],
         "epochs": round(p.max_steps * p.grad_accum * p.batch_size / len(train_blocks), 3),
         "params": total,
+        "processes": world,
         "train_seconds": round(seconds, 1),
         "tokens_per_second": round(tokens / seconds) if seconds > 0 else None,
     }
@@ -193,16 +368,23 @@ def run(
         tokenizer.save_pretrained(tmp)
         write_json(meta(p, **metrics, trainable_params=trainable), tmp / "meta.json")
     write_json(metrics, metrics_path)
-    rows = ["step,train_loss,val_loss,lr"] + [
-        f"{c['step']},{c['train_loss']:.5f},{c['val_loss']:.5f},{c['lr']:.3e}" for c in curve
-    ]
-    write_text("\n".join(rows) + "\n", curve_path)
+    write_live(curve, live_dir)
     shutil.rmtree(ckpt, ignore_errors=True)
     return metrics
 
 
 def main() -> None:
-    print(json.dumps(run(load_params("pretrain", PretrainParams)), indent=2))
+    import torch.distributed as dist
+
+    try:
+        metrics = run(load_params("pretrain", PretrainParams))
+    except ParamsError as e:
+        fail(str(e))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if metrics:
+        print(json.dumps(metrics, indent=2))
 
 
 if __name__ == "__main__":

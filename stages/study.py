@@ -218,20 +218,24 @@ def report(s: dict) -> str:
 
 
 def perplexity(body, pretrained: Path, blocks: torch.Tensor, batch_size: int = 32) -> float:
-    """exp(mean next-token loss) of the pre-training objective on `blocks`, with `body` (a fine-tuned transformer body,
-    or a PEFT model, merged first) under the pre-trained model's output layer (tied to the body's embeddings)."""
-    from transformers import AutoModelForCausalLM
+    """exp(mean loss) of the pre-training objective on `blocks` (next-token, or masked-token with pre-training's
+    fixed validation masks), with `body` (a fine-tuned transformer body, or a PEFT model, merged first) under the
+    pre-trained model's output layer (tied to the body's embeddings)."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     from stages.finetune import load_body
-    from stages.pretrain import lm_loss
+    from stages.pretrain import lm_loss, saved_masking
     from stages.training import device
 
     if hasattr(body, "merge_and_unload"):
         body = body.merge_and_unload()
-    lm = AutoModelForCausalLM.from_pretrained(pretrained, config=load_body(pretrained).config)
-    lm.base_model.load_state_dict(body.state_dict())
+    masking = saved_masking(pretrained)  # None: causal
+    auto = AutoModelForCausalLM if masking is None else AutoModelForMaskedLM
+    lm = auto.from_pretrained(pretrained, config=load_body(pretrained).config)
+    # BERT's AutoModel body has a pooler that its masked LM lacks (and the classifier never uses)
+    lm.base_model.load_state_dict({k: v for k, v in body.state_dict().items() if not k.startswith("pooler.")})
     dev = device()
-    return math.exp(lm_loss(lm.to(dev), blocks, batch_size, dev))
+    return math.exp(lm_loss(lm.to(dev), blocks, batch_size, dev, masking=masking))
 
 
 def fit_neural(run, t, lr: float, train_set, val_set, test_set, pad_id: int, labels: list[str], fp: str,

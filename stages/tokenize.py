@@ -9,6 +9,11 @@ Writes data/3_tokenize/tokenizer   a transformers tokenizer (save_pretrained) + 
 
     python -m stages.tokenize
 
+The documents are split train/validation first and the BPE is trained on the train documents only, so the
+validation blocks (pre-training perplexity) hold text the tokenizer has not seen either. With `tokenizer:` a
+checkpoint (a save_pretrained folder or a hub name) instead of `train`, that checkpoint's tokenizer is used as it
+is, for continued pre-training from the same checkpoint (pretrain.init) and checked there to be the same.
+
 Run as a module: as a script, this file would shadow the standard library's `tokenize`.
 """
 
@@ -24,11 +29,13 @@ TASK = Path("data/1_ingest/task")
 OUT = Path("data/3_tokenize")
 METRICS = Path("metrics/tokenize.json")
 
-EOS, PAD, MASK = "<|endoftext|>", "<pad>", "<mask>"
+SPECIAL = ("eos", "pad", "mask")  # the roles of special_tokens, in the order of their ids (0, 1, 2)
 
 
 @dataclass(frozen=True)
 class TokenizeParams:
+    tokenizer: str  # train | a checkpoint's tokenizer: a local save_pretrained folder or a hub name
+    special_tokens: dict[str, str]  # eos (document separator), pad, mask (masked LM) -> token string
     vocab_size: int  # larger = shorter sequences, bigger embedding tables (slower on a CPU)
     min_frequency: int  # a pair must occur this often to be merged
     block_size: int  # tokens per pre-training block; also the model's context length
@@ -38,6 +45,10 @@ class TokenizeParams:
     num_proc: int  # processes for datasets.map
 
     def validate(self):
+        if sorted(self.special_tokens) != sorted(SPECIAL) or len(set(self.special_tokens.values())) != 3:
+            yield f"special_tokens: expected three distinct tokens for {', '.join(SPECIAL)}, got {self.special_tokens}"
+        if not self.tokenizer:
+            yield "tokenizer: expected train or a checkpoint (folder or hub name)"
         if self.vocab_size < 256 + 3:
             yield f"vocab_size: must exceed the 256 byte tokens and 3 special tokens, got {self.vocab_size}"
         if self.block_size < 8 or self.max_length < 8:
@@ -46,26 +57,61 @@ class TokenizeParams:
             yield f"val_fraction: must be in (0, 1), got {self.val_fraction}"
 
 
-def train_tokenizer(texts, vocab_size: int, min_frequency: int):
-    """A byte-level BPE (GPT-2 style: every string round-trips) as a transformers fast tokenizer."""
+def train_tokenizer(texts, vocab_size: int, min_frequency: int, special: dict[str, str] | None = None):
+    """A byte-level BPE (GPT-2 style: every string round-trips) as a transformers fast tokenizer.
+
+    `special` maps eos, pad and mask to their strings (ids 0, 1, 2); GPT-2's <|endoftext|>, <pad>, <mask> if None.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    special = special or {"eos": "<|endoftext|>", "pad": "<pad>", "mask": "<mask>"}
+    eos, pad, mask = (special[k] for k in SPECIAL)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[EOS, PAD, MASK],
+        special_tokens=[eos, pad, mask],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=None, pad_token=PAD, mask_token=MASK,
+        tokenizer_object=tok, eos_token=eos, bos_token=eos, unk_token=None, pad_token=pad, mask_token=mask,
         model_max_length=1_000_000,
     )  # fmt: skip
+
+
+def checkpoint_tokenizer(spec: str):
+    """A checkpoint's own tokenizer (folder or hub name), with a document separator and a pad token.
+
+    GPT-2's has no pad token (it pads with its EOS, which attention masks hide); BERT's has no EOS and separates
+    documents with [SEP].
+    """
+    from transformers import AutoTokenizer
+
+    from stages.training import from_checkpoint
+
+    tokenizer = from_checkpoint(AutoTokenizer.from_pretrained, spec, "tokenize.tokenizer")
+    if tokenizer.eos_token is None and tokenizer.sep_token is not None:
+        tokenizer.eos_token = tokenizer.sep_token
+    if tokenizer.eos_token is None:
+        fail(f"tokenize.tokenizer: the tokenizer of {spec} has no end-of-text or [SEP] token to separate documents")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def encode_task(tokenizer, texts: list[str], max_length: int) -> dict[str, list]:
+    """input_ids cut at max_length, and whether each text was actually cut (one that fits exactly was not).
+
+    Encoding at max_length + 1 tells the two apart without encoding whole long texts:
+    encode_task(tok, ["a b", "a b c"], 2) -> {"input_ids": [[a, b], [a, b]], "truncated": [False, True]}
+    """
+    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length + 1)["input_ids"]
+    return {"input_ids": [x[:max_length] for x in ids], "truncated": [len(x) > max_length for x in ids]}
 
 
 def pack(sequences: list[list[int]], block_size: int, eos_id: int) -> list[list[int]]:
@@ -94,7 +140,11 @@ def run(
     docs = load_from_disk(str(corpus))
     if len(docs) < 2:
         fail(f"{corpus}: {len(docs)} document(s); tokenize needs at least 2 (one for validation)")
-    tokenizer = train_tokenizer(docs["text"], p.vocab_size, p.min_frequency)
+    train_idx, val_idx = split_documents(len(docs), p.val_fraction, p.seed)
+    if p.tokenizer == "train":  # on the train documents only: the validation ones stay unseen
+        tokenizer = train_tokenizer(docs.select(train_idx)["text"], p.vocab_size, p.min_frequency, p.special_tokens)
+    else:
+        tokenizer = checkpoint_tokenizer(p.tokenizer)
 
     def encode(batch):
         return {"input_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]}
@@ -103,7 +153,6 @@ def run(
     # keep_in_memory: no cache files written into the input folder (another stage's DVC output)
     ids = docs.map(encode, batched=True, num_proc=num_proc, remove_columns=docs.column_names, keep_in_memory=True)
     ids = ids["input_ids"]
-    train_idx, val_idx = split_documents(len(ids), p.val_fraction, p.seed)
     blocks = {
         name: pack([ids[i] for i in idx], p.block_size, tokenizer.eos_token_id)
         for name, idx in (("train", train_idx), ("validation", val_idx))
@@ -113,18 +162,19 @@ def run(
 
     task_ds = load_from_disk(str(task))
 
-    def encode_task(batch):
-        enc = tokenizer(batch["text"], add_special_tokens=False, truncation=True, max_length=p.max_length)
-        return {"input_ids": enc["input_ids"]}
+    def encode_split(batch):
+        return encode_task(tokenizer, batch["text"], p.max_length)
 
-    task_ids = task_ds.map(encode_task, batched=True, num_proc=num_proc, keep_in_memory=True)
+    task_ids = task_ds.map(encode_split, batched=True, num_proc=num_proc, keep_in_memory=True)
+    truncated = {k: sum(v["truncated"]) for k, v in task_ids.items()}
+    task_ids = task_ids.remove_columns("truncated")
     metrics = {
         "vocab_size": len(tokenizer),
         "corpus_tokens": sum(len(x) for x in ids),
         "blocks": {k: len(v) for k, v in blocks.items()},
         "block_size": p.block_size,
         "chars_per_token": round(sum(len(t) for t in docs["text"]) / max(1, sum(len(x) for x in ids)), 3),
-        "task_truncated": {k: sum(len(x) >= p.max_length for x in v["input_ids"]) for k, v in task_ids.items()},
+        "task_truncated": truncated,  # verses longer than max_length (cut); one that fits exactly is not
     }
     with atomic_dir(out) as tmp:
         tokenizer.save_pretrained(tmp / "tokenizer")
@@ -139,7 +189,12 @@ def run(
 
 
 def main() -> None:
-    print(json.dumps(run(load_params("tokenize", TokenizeParams)), indent=2))
+    from stages.common import ParamsError
+
+    try:
+        print(json.dumps(run(load_params("tokenize", TokenizeParams)), indent=2))
+    except ParamsError as e:
+        fail(str(e))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,18 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def distributed() -> tuple[int, int]:
+    """(rank, world size); under torchrun the process group is set up here (gloo on CPUs, nccl on GPUs)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
 def autocast(dev: torch.device):
     """bf16 autocast on a GPU that has it; full fp32 on the CPU (bitwise-reproducible)."""
     enabled = dev.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -152,3 +164,28 @@ def count_params(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
+
+
+def from_checkpoint(load, spec: str, key: str):
+    """`load(spec)` (a transformers from_pretrained) for the params key `key` naming a local folder or a hub name.
+
+    A missing folder, or a hub name neither cached nor reachable (offline: HF_HUB_OFFLINE), fails naming the key:
+    from_checkpoint(AutoTokenizer.from_pretrained, "gpt2", "tokenize.tokenizer")
+    -> ParamsError("tokenize.tokenizer: cannot load 'gpt2': not a local folder, and the hub is offline ...")
+    """
+    import os
+
+    from stages.common import ParamsError
+
+    path = Path(spec).expanduser()
+    local = path.exists() or spec.startswith(("/", ".", "~")) or spec.count("/") > 1
+    if local and not path.is_dir():
+        raise ParamsError(f"{key}: {spec}: no such folder (give a save_pretrained folder or a hub name)")
+    try:
+        return load(str(path) if local else spec)
+    except (OSError, ValueError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+        hub = "the hub is offline (HF_HUB_OFFLINE)" if offline else "the hub could not be reached"
+        where = f"the folder {path} does not hold it" if local else f"not a local folder, and {hub} or lacks it"
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ParamsError(f"{key}: cannot load {spec!r}: {where} [{type(e).__name__}: {reason}]") from None

@@ -58,13 +58,15 @@ def test_out_of_range_values_are_refused(tmp_path, cls, section, message):
     path = write(
         tmp_path,
         """
-pretrain: {seed: 0, n_layer: 1, n_embd: 8, n_head: 1, dropout: 0, lr: -0.1, min_lr_ratio: 0.1, warmup_steps: 1,
+pretrain: {objective: causal, init: scratch, mlm_probability: 0.15, seed: 0, n_layer: 1, n_embd: 8, n_head: 1,
+           dropout: 0, lr: -0.1, min_lr_ratio: 0.1, warmup_steps: 1,
            max_steps: 1, batch_size: 1, grad_accum: 1, weight_decay: 0, grad_clip: 1, eval_every: 1, eval_batches: 1,
            checkpoint_every: 0}
 run: {init: pretrained, method: lora, lr_scale: 1, augmented: false,
       lora: {r: 0, alpha: 1, dropout: 0, target_modules: [c_attn]}}
 run2: {init: pretrained, method: prefix, lr_scale: 1, augmented: false}
-tok: {vocab_size: 100, min_frequency: 2, block_size: 64, max_length: 64, val_fraction: 0.1, seed: 0, num_proc: 1}
+tok: {tokenizer: train, special_tokens: {eos: e, pad: p, mask: m}, vocab_size: 100, min_frequency: 2, block_size: 64,
+      max_length: 64, val_fraction: 0.1, seed: 0, num_proc: 1}
 """,
     )
     with pytest.raises(ParamsError, match=message):

@@ -1,6 +1,10 @@
-"""pretrain: the schedule, the seeded data order, and a kill -9 resume that ends with the same weights."""
+"""pretrain: the schedule, the seeded data order and masks, both objectives end to end, and a kill -9 resume that ends
+with the same weights."""
 
+import dataclasses
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,9 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from datasets import Dataset, DatasetDict
 
 from stages.ingest import read_raw
+from stages.pretrain import Masking, mask_tokens
 from stages.tokenize import pack, train_tokenizer
 from stages.training import batch_indices, warmup_cosine
 
@@ -29,6 +35,24 @@ def test_batches_are_a_function_of_seed_and_step():
     epoch = [i for step in range(5) for i in batch_indices(50, 10, step, seed=3)]
     assert sorted(epoch) == list(range(50))  # one epoch sees every example once
     assert batch_indices(50, 10, 7, seed=3) == batch_indices(50, 10, 7, seed=3) != batch_indices(50, 10, 7, seed=4)
+
+
+def test_masking_is_berts_80_10_10_and_a_function_of_the_seed():
+    m = Masking(mask_id=2, vocab_size=1000, special_ids=(0, 1, 2), probability=0.15, seed=0)
+    x = torch.randint(3, 1000, (64, 256))  # (B, T) ordinary tokens ...
+    x[:, ::16] = 0  # ... and an EOS every 16
+    inputs, labels = mask_tokens(x, m, torch.Generator().manual_seed(7))
+    chosen = labels != -100
+    assert (labels[chosen] == x[chosen]).all() and not chosen[x == 0].any()  # originals are the targets; EOS never
+    assert chosen.float().mean().item() == pytest.approx(0.15 * 15 / 16, abs=0.01)
+    n = chosen.sum().item()
+    as_mask = (inputs[chosen] == 2).sum().item() / n
+    kept = (inputs[chosen] == x[chosen]).sum().item() / n  # left as it is (or a random draw of the same token)
+    assert as_mask == pytest.approx(0.8, abs=0.02) and kept == pytest.approx(0.1, abs=0.02)
+    assert (inputs[~chosen] == x[~chosen]).all()  # nothing else changes
+    again = mask_tokens(x, m, torch.Generator().manual_seed(7))
+    other = mask_tokens(x, m, torch.Generator().manual_seed(8))
+    assert torch.equal(again[0], inputs) and torch.equal(again[1], labels) and not torch.equal(other[1], labels)
 
 
 @pytest.fixture(scope="module")
@@ -54,25 +78,27 @@ DRIVER = textwrap.dedent(
     from pathlib import Path
     from stages.common import load_params
     from stages.pretrain import PretrainParams, run
-    root, out = Path(sys.argv[1]), Path(sys.argv[2])
-    p = dataclasses.replace(load_params("pretrain", PretrainParams), n_layer=2, n_embd=32, n_head=2, dropout=0.1,
-        max_steps=150, warmup_steps=5, batch_size=4, eval_every=50, eval_batches=1, checkpoint_every=5)
+    root, out, objective = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    p = dataclasses.replace(load_params("pretrain", PretrainParams), objective=objective, n_layer=2,
+        n_embd=32, n_head=2, dropout=0.1, max_steps=150, warmup_steps=5, batch_size=4, eval_every=50, eval_batches=1,
+        checkpoint_every=5)
     run(p, blocks=root / "blocks", tokenizer_dir=root / "tokenizer", out=out / "model", metrics_path=out / "m.json",
-        curve_path=out / "c.csv", ckpt=out / "ckpt")
+        live_dir=out / "live", ckpt=out / "ckpt")
     """
 )
 
 
-def start(blocks_dir, out):
-    return subprocess.Popen([sys.executable, "-c", DRIVER, str(blocks_dir), str(out)], cwd=ROOT,
+def start(blocks_dir, out, objective):
+    return subprocess.Popen([sys.executable, "-c", DRIVER, str(blocks_dir), str(out), objective], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
-def test_killed_run_resumes_to_identical_weights(blocks_dir, tmp_path):
-    straight = start(blocks_dir, tmp_path / "straight")
+@pytest.mark.parametrize("objective", ["causal", "masked"])
+def test_killed_run_resumes_to_identical_weights(blocks_dir, tmp_path, objective):
+    straight = start(blocks_dir, tmp_path / "straight", objective)
     assert straight.wait() == 0, straight.stdout.read()
 
-    killed = start(blocks_dir, tmp_path / "killed")
+    killed = start(blocks_dir, tmp_path / "killed", objective)
     deadline = time.time() + 120
     while not (tmp_path / "killed/ckpt/checkpoint.json").exists():
         assert killed.poll() is None and time.time() < deadline, "finished before a checkpoint could be killed"
@@ -82,7 +108,7 @@ def test_killed_run_resumes_to_identical_weights(blocks_dir, tmp_path):
     killed.wait()
     assert not (tmp_path / "killed/model").exists()  # nothing half-written was left as the output
 
-    resumed = start(blocks_dir, tmp_path / "killed")
+    resumed = start(blocks_dir, tmp_path / "killed", objective)
     log = resumed.communicate()[0]
     assert resumed.returncode == 0, log
     assert "resuming at step" in log
@@ -90,3 +116,42 @@ def test_killed_run_resumes_to_identical_weights(blocks_dir, tmp_path):
     b = (tmp_path / "killed/model/model.safetensors").read_bytes()
     assert a == b, "resumed run ended with different weights"
     assert not (tmp_path / "killed/ckpt").exists()  # the checkpoint is removed once the output is written
+
+
+def test_masked_objective_trains_a_bert_and_reports_its_pseudo_perplexity(blocks_dir, tmp_path):
+    import json
+
+    from transformers import AutoConfig
+
+    from stages.common import load_params
+    from stages.pretrain import PretrainParams, run
+
+    p = dataclasses.replace(load_params("pretrain", PretrainParams), objective="masked", n_layer=1, n_embd=32,
+                            n_head=2, max_steps=30, warmup_steps=2, batch_size=8, eval_every=10, eval_batches=2,
+                            checkpoint_every=0)  # fmt: skip
+    m = run(p, blocks=blocks_dir / "blocks", tokenizer_dir=blocks_dir / "tokenizer", out=tmp_path / "model",
+            metrics_path=tmp_path / "m.json", live_dir=tmp_path / "live", ckpt=tmp_path / "ckpt")  # fmt: skip
+    assert AutoConfig.from_pretrained(tmp_path / "model").architectures == ["BertForMaskedLM"]
+    assert m["objective"] == "masked" and m["val_perplexity"] == pytest.approx(math.exp(m["val_loss"]), rel=1e-3)
+    train = [
+        float(r.split("\t")[-1]) for r in (tmp_path / "live/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]
+    ]
+    assert len(train) == 30 and sum(train[-5:]) < sum(train[:5])  # logged every step, and it learned
+    assert m["train_loss"] == pytest.approx(sum(train[-10:]) / 10, abs=1e-4)  # the mean of the last eval_every steps
+    val = (tmp_path / "live/plots/metrics/val/loss.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in val[1:]] == ["10", "20", "30"] and val[0].split("\t")[-1] == "loss"
+    assert json.loads((tmp_path / "m.json").read_text()) == m
+
+    # dvc.yaml's pretrain plot draws both curves from these files
+    import yaml
+
+    plots = [p for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"] if "pretrain_loss" in p]
+    repo = tmp_path / "repo"
+    shutil.copytree(tmp_path / "live", repo / "metrics/pretrain_live")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}))
+    dvc = Path(sys.executable).parent / "dvc"
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    shown = subprocess.run([dvc, "plots", "show", "--json"], cwd=repo, capture_output=True, text=True, check=True)
+    rows = json.loads(shown.stdout)["data"]["pretrain_loss"][0]["content"]["data"]["values"]
+    assert {r["filename"] for r in rows} == {"train/loss.tsv", "val/loss.tsv"} and len(rows) == 30 + 3

@@ -5,13 +5,16 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from stages.tokenize import pack, split_documents, train_tokenizer
+from stages.tokenize import encode_task, pack, split_documents, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = [
     "In the beginning, God created the heavens and the earth.\nThe earth was formless and empty.",
     "Jesus said to them, “Come and see.” They came and saw where he was staying.",
 ] * 50
+
+
+SPECIAL = {"eos": "<|endoftext|>", "pad": "<pad>", "mask": "<mask>"}
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +148,8 @@ def test_run_packs_every_token_in_order_and_drops_only_a_short_tail(verses, tmp_
     Dataset.from_dict({"id": [f"d{i}" for i in range(len(docs))], "text": docs}).save_to_disk(tmp_path / "corpus")
     task = Dataset.from_dict({"text": verses[:7], "label": list(range(7))})
     DatasetDict({"train": task, "test": task}).save_to_disk(tmp_path / "task")
-    p = TokenizeParams(
-        vocab_size=600, min_frequency=2, block_size=64, max_length=16, val_fraction=0.2, seed=3, num_proc=1
-    )
+    p = TokenizeParams(tokenizer="train", special_tokens=SPECIAL, vocab_size=600, min_frequency=2, block_size=64,
+                       max_length=16, val_fraction=0.2, seed=3, num_proc=1)  # fmt: skip
     metrics = run(p, tmp_path / "corpus", tmp_path / "task", tmp_path / "out", tmp_path / "metrics.json")
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "out" / "tokenizer")
@@ -165,3 +167,40 @@ def test_run_packs_every_token_in_order_and_drops_only_a_short_tail(verses, tmp_
         assert complete == [docs[i] for i in idx][: len(complete)]  # the documents come back, text for text
         stream_tokens += len(stream)
     assert stream_tokens == metrics["corpus_tokens"] + len(docs)  # one EOS per document, empty ones included
+
+
+def test_task_truncated_counts_only_verses_that_were_cut(bible_tokenizer, verses):
+    """A verse of exactly max_length tokens fits: it is neither cut nor counted; one token more is both."""
+    ids = bible_tokenizer(verses[:50], add_special_tokens=False)["input_ids"]
+    m = sorted(map(len, ids))[25]  # the length of a middling verse
+    exact = next(v for v, x in zip(verses, ids, strict=False) if len(x) == m)
+    longer = next(v for v, x in zip(verses, ids, strict=False) if len(x) > m)
+    short = next(v for v, x in zip(verses, ids, strict=False) if len(x) < m)
+    out = encode_task(bible_tokenizer, [exact, longer, short], m)
+    assert out["truncated"] == [False, True, False]
+    full = bible_tokenizer([exact, longer, short], add_special_tokens=False)["input_ids"]
+    assert out["input_ids"] == [full[0], full[1][:m], full[2]]
+
+
+def test_run_trains_the_tokenizer_on_train_documents_only(verses, tmp_path):
+    """A word that only the validation documents hold is not learned as a token; in the train documents it is."""
+    from datasets import Dataset, DatasetDict
+
+    from stages.tokenize import TokenizeParams, run
+
+    word = " Qzvxjwq"
+    docs = ["\n".join(verses[i : i + 20]) for i in range(0, len(verses), 20)]
+    p = TokenizeParams(tokenizer="train", special_tokens=SPECIAL, vocab_size=600, min_frequency=2, block_size=64,
+                       max_length=16, val_fraction=0.2, seed=3, num_proc=1)  # fmt: skip
+    train_idx, val_idx = split_documents(len(docs), p.val_fraction, p.seed)
+    task = Dataset.from_dict({"text": verses[:7], "label": list(range(7))})
+    DatasetDict({"train": task}).save_to_disk(tmp_path / "task")
+    learned = {}
+    for held, idx in (("validation", val_idx), ("train", train_idx[: len(val_idx)])):
+        texts = [d + word * 200 if i in idx else d for i, d in enumerate(docs)]
+        Dataset.from_dict({"text": texts}).save_to_disk(tmp_path / held / "corpus")
+        run(p, tmp_path / held / "corpus", tmp_path / "task", tmp_path / held / "out", tmp_path / held / "m.json")
+        tok = AutoTokenizer.from_pretrained(tmp_path / held / "out" / "tokenizer")
+        learned[held] = len(tok.encode(word, add_special_tokens=False))
+    assert learned["train"] == 1  # seen 200 times per document: merged into one token
+    assert learned["validation"] >= 4  # only in held-out documents: never merged, spelled out in pieces
