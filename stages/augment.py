@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from stages.clean import STOPWORDS
-from stages.common import atomic_dir, fail, load_params, meta, write_json
+from stages.common import atomic_dir, covered_by_deps, fail, load_params, meta, write_json
 
 TASK = Path("data/1_ingest/task")
 MODELS = Path("models/5_translate")
@@ -476,17 +476,13 @@ def undeclared_translators(p: AugmentParams, dvc_file: Path = DVC_FILE) -> list[
     """The local translator folders of augment.translators that no dep of the augment stage in dvc.yaml covers:
     DVC would not rerun augment when they change. Hub names need no dep: params.yaml pins them by name (and
     revision)."""
-    import yaml
-
-    if p.translators == "pipeline" or not dvc_file.exists():
+    if p.translators == "pipeline":
         return []
-    deps = [Path(d).resolve() for d in yaml.safe_load(dvc_file.read_text())["stages"]["augment"]["deps"]]
     problems = []
     for key in ("en_es", "es_en"):
         spec = getattr(p.translators, key)
         name = spec if isinstance(spec, str) else spec.model
-        folder = Path(name).expanduser().resolve()
-        if is_local(name) and not any(folder == d or d in folder.parents for d in deps):
+        if is_local(name) and not covered_by_deps(name, "augment", dvc_file):
             problems.append(
                 f"augment.translators.{key}: the local translator {name} is not a dependency of the augment stage; "
                 f"add it to the stage's deps in {dvc_file}, so that DVC reruns augment when the model changes"

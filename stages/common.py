@@ -179,6 +179,20 @@ def meta(params, /, **counts) -> dict:
     }
 
 
+def covered_by_deps(path: str | Path, stage: str, dvc_file: Path = Path("dvc.yaml")) -> bool:
+    """Whether a local file or folder lies under a dep of `stage` in dvc.yaml (the stage itself or its matrix's
+    `do`), so that DVC reruns the stage when it changes. No dvc.yaml (a stage run by hand elsewhere): True.
+
+    ('data/own/a.csv', 'ingest') -> True when dvc.yaml's ingest stage depends on data/own
+    """
+    if not dvc_file.exists():
+        return True
+    s = yaml.safe_load(dvc_file.read_text())["stages"][stage]
+    deps = [Path(d).resolve() for d in s.get("do", s).get("deps", [])]
+    target = Path(path).expanduser().resolve()
+    return any(target == d or d in target.parents for d in deps)
+
+
 def fail(message: str) -> typing.NoReturn:
     """Exit non-zero with one readable message (no traceback): for bad input the user must fix."""
     print(f"error: {message}", file=sys.stderr)

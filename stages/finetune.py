@@ -45,7 +45,16 @@ from pathlib import Path
 
 import torch
 
-from stages.common import ParamsError, atomic_dir, fail, load_params, meta, seed_everything, write_json
+from stages.common import (
+    ParamsError,
+    atomic_dir,
+    covered_by_deps,
+    fail,
+    load_params,
+    meta,
+    seed_everything,
+    write_json,
+)
 from stages.methods import (
     METHODS,
     AdapterParams,
@@ -336,14 +345,8 @@ def undeclared_checkpoint(r: RunParams, dvc_file: Path = DVC_FILE) -> str | None
     """A run's local checkpoint folder that no dep of the finetune stage in dvc.yaml covers (DVC would not rerun the
     run when the folder changes), as the problem to report; None when covered or not a local folder. Hub names and
     packages need no dep: params.yaml names them (a package's version is pinned in pyproject.toml's `models` extra)."""
-    import yaml
-
     local = r.init == "checkpoint" and not r.checkpoint.startswith(PACKAGE) and is_local(r.checkpoint)
-    if not local or not dvc_file.exists():
-        return None
-    deps = [Path(d).resolve() for d in yaml.safe_load(dvc_file.read_text())["stages"]["finetune"]["do"]["deps"]]
-    folder = Path(r.checkpoint).expanduser().resolve()
-    if any(folder == d or d in folder.parents for d in deps):
+    if not local or covered_by_deps(r.checkpoint, "finetune", dvc_file):
         return None
     return (f"checkpoint: the local checkpoint {r.checkpoint} is not a dependency of the finetune stage; add it (or "
             f"a folder above it) to the stage's deps in {dvc_file}, so that DVC reruns the run when the model "

@@ -32,7 +32,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.common import atomic_dir, fail, load_params, meta, write_json
+from stages.common import atomic_dir, covered_by_deps, fail, load_params, meta, write_json
 from stages.sources import Source, describe, label_names, read_labeled, split_rows
 from stages.sources import rows as source_rows
 
@@ -420,11 +420,8 @@ def short_classes(task: dict[str, list[dict]], names: list[str], p: IngestParams
 def undeclared_sources(p: IngestParams, dvc_file: Path = Path("dvc.yaml")) -> list[str]:
     """The local files of the own-data sources that no dep of the ingest stage in dvc.yaml covers: DVC would not
     rerun ingest when they change. A hub dataset needs no dep: params.yaml names it."""
-    import yaml
-
-    if p.source != "own" or not dvc_file.exists():
+    if p.source != "own":
         return []
-    deps = [Path(d).resolve() for d in yaml.safe_load(dvc_file.read_text())["stages"]["ingest"]["deps"]]
     sources = {"corpus": p.corpus, "task": p.task, "parallel": p.parallel}
     sources |= {f"task.{k}": getattr(p.task, k) for k in ("validation", "test") if p.task}
     problems = []
@@ -432,8 +429,8 @@ def undeclared_sources(p: IngestParams, dvc_file: Path = Path("dvc.yaml")) -> li
         local = [s.files] if s and isinstance(s.files, str) else (s.files if s and s.files else [])
         local += [s.hf] if s and s.hf and Path(s.hf).exists() else []
         for pattern in local:
-            base = Path(re.split(r"[*?[]", pattern)[0] or ".").resolve()  # the folder part before any wildcard
-            if not any(base == d or d in base.parents for d in deps):
+            base = re.split(r"[*?[]", pattern)[0] or "."  # the folder part before any wildcard
+            if not covered_by_deps(base, "ingest", dvc_file):
                 problems.append(f"ingest.{key}: {pattern} is outside the ingest stage's deps in {dvc_file} (put it "
                                 "under data/own/, or add it to the deps), so DVC would not rerun ingest when it "
                                 "changes")  # fmt: skip

@@ -34,7 +34,16 @@ from pathlib import Path
 
 import torch
 
-from stages.common import ParamsError, atomic_dir, fail, load_params, meta, seed_everything, write_json
+from stages.common import (
+    ParamsError,
+    atomic_dir,
+    covered_by_deps,
+    fail,
+    load_params,
+    meta,
+    seed_everything,
+    write_json,
+)
 from stages.training import (
     CHECKPOINTS,
     autocast,
@@ -376,8 +385,12 @@ def run(
 def main() -> None:
     import torch.distributed as dist
 
+    p = load_params("pretrain", PretrainParams)
+    if p.init != "scratch" and Path(p.init).expanduser().exists() and not covered_by_deps(p.init, "pretrain"):
+        fail(f"pretrain.init: the local checkpoint {p.init} is not a dependency of the pretrain stage; add it (or a "
+             "folder above it) to the stage's deps in dvc.yaml, so DVC reruns pretrain when it changes")  # fmt: skip
     try:
-        metrics = run(load_params("pretrain", PretrainParams))
+        metrics = run(p)
     except ParamsError as e:
         fail(str(e))
     finally:

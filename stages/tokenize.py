@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.common import atomic_dir, fail, load_params, meta, write_json
+from stages.common import atomic_dir, covered_by_deps, fail, load_params, meta, write_json
 
 CORPUS = Path("data/2_clean/corpus")
 TASK = Path("data/1_ingest/task")
@@ -191,8 +191,13 @@ def run(
 def main() -> None:
     from stages.common import ParamsError
 
+    p = load_params("tokenize", TokenizeParams)
+    spec = p.tokenizer
+    if spec != "train" and Path(spec).expanduser().exists() and not covered_by_deps(spec, "tokenize"):
+        fail(f"tokenize.tokenizer: the local tokenizer {spec} is not a dependency of the tokenize stage; add it (or a "
+             "folder above it) to the stage's deps in dvc.yaml, so DVC reruns tokenize when it changes")  # fmt: skip
     try:
-        print(json.dumps(run(load_params("tokenize", TokenizeParams)), indent=2))
+        print(json.dumps(run(p), indent=2))
     except ParamsError as e:
         fail(str(e))
 

@@ -136,3 +136,33 @@ def test_an_objective_the_checkpoint_was_not_trained_with_fails_naming_the_key(t
         stages.pretrain.load_model(dataclasses.replace(p, objective="masked", init=str(gpt2)), tok, 32)
     with pytest.raises(ParamsError, match=r"pretrain.objective: causal does not fit .*BertForMaskedLM"):
         stages.pretrain.load_model(dataclasses.replace(p, objective="causal", init=str(bert)), tok, 32)
+
+
+@pytest.mark.parametrize(("stage", "key"), [("tokenize", "tokenizer"), ("pretrain", "init")])
+def test_a_local_checkpoint_outside_the_stages_deps_is_refused_naming_the_key(
+    stage, key, tmp_path, monkeypatch, capsys
+):
+    """DVC reruns a stage only when a dep changes: a checkpoint folder it does not declare is refused before any work,
+    and one under a declared dep passes the check (it then fails later here, on the missing corpus: not this one)."""
+    import importlib
+
+    import yaml
+
+    module = importlib.import_module(f"stages.{stage}")
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tokenize"]["tokenizer"] = params["pretrain"]["init"] = "models/base"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "models/base").mkdir(parents=True)
+    dvc = {"stages": {stage: {"cmd": f"python -m stages.{stage}", "deps": [f"stages/{stage}.py"]}}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc))
+    with pytest.raises(SystemExit):
+        module.main()
+    err = capsys.readouterr().err
+    assert f"{stage}.{key}: the local" in err and f"models/base is not a dependency of the {stage} stage" in err
+
+    dvc["stages"][stage]["deps"].append("models")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc))
+    with pytest.raises((SystemExit, OSError, ValueError)):
+        module.main()
+    assert "is not a dependency" not in capsys.readouterr().err
