@@ -146,3 +146,62 @@ def test_a_changed_file_under_data_own_makes_ingest_stale(own_project):
         assert "ingest:" in status and "modified:" in status and "data/own" in status, status
     finally:
         csv.write_text(before)
+
+
+def save_checkpoint(folder: Path, texts: list[str]) -> None:
+    """A 1-layer GPT-2 (32 dims, unlike the tiny config's 64) and a BPE trained on the reviews: "a hub checkpoint"."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from stages.tokenize import train_tokenizer
+
+    tok = train_tokenizer(texts, vocab_size=300, min_frequency=2)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=1, n_head=2)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def own_checkpoint_project(tmp_path_factory) -> Path:
+    """The same data, and a local checkpoint as pretrain.init (continued pre-training) whose tokenizer tokenize reuses;
+    the folder is a dep of both stages, as main() requires of a local checkpoint."""
+    base = "data/own/base"
+    project = make_project(
+        tmp_path_factory.mktemp("own_init"), {**OWN, "pretrain.init": base, "tokenize.tokenizer": base}
+    )
+    write_own_data(project)
+    save_checkpoint(project / base, (project / "data/own/corpus/part-1.txt").read_text().splitlines())
+    dvc = yaml.safe_load((project / "dvc.yaml").read_text())
+    for stage in ("tokenize", "pretrain"):
+        dvc["stages"][stage]["deps"].append(base)
+    (project / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "own data, own checkpoint"], project)
+    run(["dvc", "repro"], project)
+    return project
+
+
+def test_a_local_checkpoint_as_init_is_continued_and_fine_tuned_on_the_reviews(own_checkpoint_project):
+    from transformers import AutoConfig, AutoTokenizer
+
+    project, base = own_checkpoint_project, own_checkpoint_project / "data/own/base"
+    ours = AutoTokenizer.from_pretrained(project / "data/3_tokenize/tokenizer")
+    assert ours.get_vocab() == AutoTokenizer.from_pretrained(base).get_vocab()  # reused, not trained anew
+    config = AutoConfig.from_pretrained(project / "models/4_pretrain")
+    assert (config.n_embd, config.n_layer) == (32, 1)  # the checkpoint's architecture, not pretrain.n_embd/n_layer
+    from safetensors.torch import load_file
+
+    start, end = load_file(base / "model.safetensors"), load_file(project / "models/4_pretrain/model.safetensors")
+    wte = "transformer.wte.weight"
+    assert start[wte].shape == end[wte].shape and not start[wte].equal(end[wte])  # its weights, trained further
+    assert read(project, "metrics/pretrain.json")["val_perplexity"] > 0
+    for gate in ("ingest", "clean", "tokenize", "augment", "predictions"):
+        assert read(project, f"reports/gates/{gate}.json")["success"] is True, gate
+    metrics = read(project, "metrics/evaluate.json")
+    runs = yaml.safe_load((project / "params.yaml").read_text())["finetune"]["runs"]
+    assert set(runs) <= set(metrics["runs"])
+    for name in runs:
+        r = metrics["runs"][name]
+        assert 0 <= r["accuracy"] <= 1 and set(r["per_class_f1"]) == {"negative", "positive"}, name
+        assert r["trainable_params"] > 0, name
