@@ -149,7 +149,7 @@ def test_a_changed_file_under_data_own_makes_ingest_stale(own_project):
 
 
 def save_checkpoint(folder: Path, texts: list[str]) -> None:
-    """A 1-layer GPT-2 (32 dims, unlike the tiny config's 64) and a BPE trained on the reviews: "a hub checkpoint"."""
+    """A 2-layer GPT-2 (32 dims, unlike the tiny config's 64) and a BPE trained on the reviews: "a hub checkpoint"."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -157,7 +157,9 @@ def save_checkpoint(folder: Path, texts: list[str]) -> None:
 
     tok = train_tokenizer(texts, vocab_size=300, min_frequency=2)
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=1, n_head=2)
+    eos = tok.eos_token_id
+    config = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2, bos_token_id=eos,
+                        eos_token_id=eos)  # fmt: skip
     GPT2LMHeadModel(config).save_pretrained(folder)
     tok.save_pretrained(folder)
 
@@ -189,7 +191,7 @@ def test_a_local_checkpoint_as_init_is_continued_and_fine_tuned_on_the_reviews(o
     ours = AutoTokenizer.from_pretrained(project / "data/3_tokenize/tokenizer")
     assert ours.get_vocab() == AutoTokenizer.from_pretrained(base).get_vocab()  # reused, not trained anew
     config = AutoConfig.from_pretrained(project / "models/4_pretrain")
-    assert (config.n_embd, config.n_layer) == (32, 1)  # the checkpoint's architecture, not pretrain.n_embd/n_layer
+    assert (config.n_embd, config.n_layer) == (32, 2)  # the checkpoint's architecture, not pretrain.n_embd/n_layer
     from safetensors.torch import load_file
 
     start, end = load_file(base / "model.safetensors"), load_file(project / "models/4_pretrain/model.safetensors")
