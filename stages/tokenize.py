@@ -19,6 +19,7 @@ Run as a module: as a script, this file would shadow the standard library's `tok
 
 import json
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,9 @@ def run(
     task_ids = task_ds.map(encode_split, batched=True, num_proc=num_proc, keep_in_memory=True)
     truncated = {k: sum(v["truncated"]) for k, v in task_ids.items()}
     task_ids = task_ids.remove_columns("truncated")
+    if sum(truncated.values()):  # counted in metrics too; a user's long texts lose their ends: say so now
+        print(f"warning: {truncated} task texts are longer than tokenize.max_length ({p.max_length} tokens) and were "
+              "truncated; raise it (up to the model's positions) to keep more of each", file=sys.stderr)  # fmt: skip
     metrics = {
         "vocab_size": len(tokenizer),
         "corpus_tokens": sum(len(x) for x in ids),

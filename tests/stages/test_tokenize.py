@@ -1,5 +1,6 @@
 """tokenize: round trip, parity with the saved transformers tokenizer, packing loses no token."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -182,7 +183,7 @@ def test_task_truncated_counts_only_verses_that_were_cut(bible_tokenizer, verses
     assert out["input_ids"] == [full[0], full[1][:m], full[2]]
 
 
-def test_run_trains_the_tokenizer_on_train_documents_only(verses, tmp_path):
+def test_run_trains_the_tokenizer_on_train_documents_only(verses, tmp_path, capsys):
     """A word that only the validation documents hold is not learned as a token; in the train documents it is."""
     from datasets import Dataset, DatasetDict
 
@@ -204,3 +205,6 @@ def test_run_trains_the_tokenizer_on_train_documents_only(verses, tmp_path):
         learned[held] = len(tok.encode(word, add_special_tokens=False))
     assert learned["train"] == 1  # seen 200 times per document: merged into one token
     assert learned["validation"] >= 4  # only in held-out documents: never merged, spelled out in pieces
+    cut = json.loads((tmp_path / "train" / "m.json").read_text())["task_truncated"]
+    assert cut["train"] > 0  # verses of more than 16 tokens: counted, and a warning says so
+    assert f"warning: {cut} task texts are longer than tokenize.max_length (16 tokens)" in capsys.readouterr().err
