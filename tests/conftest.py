@@ -144,3 +144,20 @@ def tiny_project(tmp_path_factory) -> Path:
     dest = make_project(tmp_path_factory.mktemp("project"))
     run(["dvc", "repro"], dest)
     return dest
+
+
+def write_tiny_blocks(root: Path, verses: int, block_size: int, validation: int):
+    """What pretrain reads, in root/blocks and root/tokenizer: a 300-token BPE trained on the first `verses` WEB
+    verses, which are packed into blocks of block_size; the first `validation` blocks are the validation split."""
+    from datasets import Dataset, DatasetDict
+
+    from stages.ingest import read_raw
+    from stages.tokenize import pack, train_tokenizer
+
+    texts = [r["text"] for r in read_raw(ROOT / "data/raw/web.jsonl.gz")[:verses]]
+    tok = train_tokenizer(texts, vocab_size=300, min_frequency=2)
+    blocks = pack(tok(texts, add_special_tokens=False)["input_ids"], block_size, tok.eos_token_id)
+    splits = {"train": blocks[validation:], "validation": blocks[:validation]}
+    DatasetDict({k: Dataset.from_dict({"input_ids": v}) for k, v in splits.items()}).save_to_disk(root / "blocks")
+    tok.save_pretrained(root / "tokenizer")
+    return tok

@@ -7,16 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset, DatasetDict
+from datasets import load_from_disk
 
 from stages.common import load_params
 from stages.finetune import RunParams, TrainParams, build_classifier, load_body
-from stages.ingest import read_raw
 from stages.pretrain import PretrainParams, run
 from stages.study import perplexity
-from stages.tokenize import pack, train_tokenizer
 from stages.training import pad_batch
-from tests.conftest import VERSES
+from tests.conftest import VERSES, write_tiny_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,18 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def masked(tmp_path_factory):
     """(folder of a tiny masked LM pre-trained by stages.pretrain.run, its metrics, its tokenizer, val blocks)."""
     root = tmp_path_factory.mktemp("masked")
-    texts = [r["text"] for r in read_raw(ROOT / "data/raw/web.jsonl.gz")[:800]]
-    tok = train_tokenizer(texts, vocab_size=300, min_frequency=2)
-    blocks = pack(tok(texts, add_special_tokens=False)["input_ids"], 32, tok.eos_token_id)
-    splits = {"train": blocks[20:], "validation": blocks[:20]}
-    DatasetDict({k: Dataset.from_dict({"input_ids": v}) for k, v in splits.items()}).save_to_disk(root / "blocks")
-    tok.save_pretrained(root / "tokenizer")
+    tok = write_tiny_blocks(root, verses=800, block_size=32, validation=20)
     p = dataclasses.replace(load_params("pretrain", PretrainParams, ROOT / "params.yaml"), objective="masked",
                             n_layer=1, n_embd=32, n_head=2, max_steps=10, warmup_steps=2, batch_size=8, eval_every=10,
                             eval_batches=1, checkpoint_every=0)  # fmt: skip
     metrics = run(p, blocks=root / "blocks", tokenizer_dir=root / "tokenizer", out=root / "model",
                   metrics_path=root / "m.json", live_dir=root / "live", ckpt=root / "ckpt")  # fmt: skip
-    return root / "model", metrics, tok, torch.tensor(blocks[:20])
+    val = load_from_disk(str(root / "blocks"))["validation"]["input_ids"]
+    return root / "model", metrics, tok, torch.tensor(val)
 
 
 def train_params(pooling: str) -> TrainParams:

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
 
-from stages.ingest import read_raw
-from stages.tokenize import pack, train_tokenizer
+from tests.conftest import write_tiny_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,12 +37,7 @@ DRIVER = textwrap.dedent(
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    texts = [r["text"] for r in read_raw(ROOT / "data/raw/web.jsonl.gz")[:600]]
-    tok = train_tokenizer(texts, vocab_size=300, min_frequency=2)
-    blocks = pack(tok(texts, add_special_tokens=False)["input_ids"], 16, tok.eos_token_id)
-    splits = {"train": blocks[16:], "validation": blocks[:16]}
-    DatasetDict({k: Dataset.from_dict({"input_ids": v}) for k, v in splits.items()}).save_to_disk(root / "blocks")
-    tok.save_pretrained(root / "tokenizer")
+    write_tiny_blocks(root, verses=600, block_size=16, validation=16)
     (root / "driver.py").write_text(DRIVER)
     return root
 
