@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shlex
 import subprocess
 import sys
@@ -54,16 +55,37 @@ def base_corpus(n: int) -> list[dict]:
     return [{"id": d["id"], "text": d["text"]} for d in ingest_corpus()[:n]]
 
 
+def near_copy(d: dict, k: int, rng: random.Random) -> dict:
+    """Copy k of a document, ~1% of its words replaced by others of it: {'id': 'a'}, 1 -> {'id': 'a#1', ...}."""
+    words = d["text"].split(" ")
+    for i in rng.sample(range(len(words)), max(1, len(words) // 100)):
+        words[i] = rng.choice(words)
+    return {"id": f"{d['id']}#{k}", "text": " ".join(words)}
+
+
 def replicate(docs: list[dict], times: int, seed: int = 0) -> list[dict]:
     """`times` copies of docs, copy k > 0 with ~1% of words replaced: [{'id': 'a'}] x2 -> ids ['a', 'a#1']."""
-    rng, out = random.Random(seed), list(docs)
-    for k in range(1, times):
-        for d in docs:
-            words = d["text"].split(" ")
-            for i in rng.sample(range(len(words)), max(1, len(words) // 100)):
-                words[i] = rng.choice(words)
-            out.append({"id": f"{d['id']}#{k}", "text": " ".join(words)})
-    return out
+    rng = random.Random(seed)
+    return [*docs, *(near_copy(d, k, rng) for k in range(1, times) for d in docs)]
+
+
+def build(base_docs: int, times: int, dst: Path) -> dict:
+    """The Nx corpus saved at dst, streamed (the copies are made one document at a time): {documents, mb}."""
+    from datasets import Dataset
+
+    base = base_corpus(base_docs)
+
+    def rows():
+        yield from base
+        rng = random.Random(0)
+        for k in range(1, times):
+            yield from (near_copy(d, k, rng) for d in base)
+
+    with tempfile.TemporaryDirectory() as cache:
+        ds = Dataset.from_generator(rows, cache_dir=cache)
+        ds.save_to_disk(dst)
+        mb = sum(len(t.encode()) for batch in ds.iter(batch_size=1024) for t in batch["text"]) / 1e6
+    return {"documents": len(ds), "mb": round(mb, 3)}
 
 
 def child(kind: str, src: Path, work: Path) -> None:
@@ -81,42 +103,49 @@ def child(kind: str, src: Path, work: Path) -> None:
     print(json.dumps({"seconds": time.perf_counter() - start, **inner}))
 
 
-def measure(kind: str, src: Path, work: Path) -> dict:
+def measure(kind: str, src: Path, work: Path, extra: tuple = ()) -> dict:
     """{seconds, peak_memory_mb (the child's peak RSS), and datatrove_seconds for a stage run} of one child run."""
-    cmd = [sys.executable, "-m", "bench.clean", "--child", kind, "--src", str(src), "--work", str(work)]
+    cmd = [sys.executable, "-m", "bench.clean", "--child", kind, "--src", str(src), "--work", str(work), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(f"bench.clean: {' '.join(cmd)} failed ({status})")
     result = json.loads(out.splitlines()[-1])
+    if "seconds" not in result:  # a build
+        return result
     return {**result, "seconds": round(result["seconds"], 2), "peak_memory_mb": usage.ru_maxrss // 1024}
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    from datasets import Dataset
+def build_in_child(base_docs: int, times: int, dst: Path) -> dict:
+    """build() in its own process: the corpus never enters this one, whose RSS every child starts from (Linux
+    carries a process's peak RSS across fork and exec), so each child's peak is its own at every size."""
+    return measure("build", dst, dst.parent, ("--base-docs", str(base_docs), "--times", str(times)))
 
+
+def main(argv: list[str] | None = None) -> dict | None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base-docs", type=int, default=476, help="chapters in the 1x corpus (the bundled one: 1902)")
     ap.add_argument("--sizes", default="1,4,16", help="multiples of the base corpus")
     ap.add_argument("--overhead-size", type=int, default=1, help="the size at which plain datatrove also runs")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each at the overhead size (best counts)")
     ap.add_argument("--out", type=Path, default=REPORT)
-    ap.add_argument("--child", choices=["stage", "datatrove"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["stage", "datatrove", "build"], help=argparse.SUPPRESS)
+    ap.add_argument("--times", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child == "build":
+        return print(json.dumps(build(args.base_docs, args.times, args.src)))
     if args.child:
         return child(args.child, args.src, args.work)
 
     sizes = [int(s) for s in args.sizes.split(",")]
-    base = base_corpus(args.base_docs)
-    rows, datatrove = {}, None
+    rows, datatrove, parent_start_mb = {}, None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            docs = replicate(base, n)
-            Dataset.from_list(docs).save_to_disk(f"{tmp}/in{n}")
-            mb = sum(len(d["text"].encode()) for d in docs) / 1e6
+            built = build_in_child(args.base_docs, n, Path(tmp, f"in{n}"))
+            mb = built["mb"]
             r = measure("stage", Path(tmp, f"in{n}"), Path(tmp, f"stage{n}"))
             if n == args.overhead_size:  # interleaved, best of `repeats` each: warm caches and load weigh alike
                 runs = {"stage": [r], "datatrove": []}
@@ -128,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                 datatrove = min(runs["datatrove"], key=lambda x: x["seconds"])
                 datatrove["runs_seconds"] = [x["seconds"] for x in runs["datatrove"]]
                 stage_runs = [x["seconds"] for x in runs["stage"]]
-            rows[f"{n}x"] = {"documents": len(docs), "mb": round(mb, 3), **r, "mb_per_s": round(mb / r["seconds"], 4)}
+            rows[f"{n}x"] = {**built, **r, "mb_per_s": round(mb / r["seconds"], 4)}
             if n == args.overhead_size:
                 rows[f"{n}x"]["runs_seconds"] = stage_runs
     first, last = rows[f"{sizes[0]}x"], rows[f"{sizes[-1]}x"]
@@ -137,7 +166,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     report = {
         "command": shlex.join(["python", "-m", "bench.clean", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "base": {"documents": len(base), "of_bundled": 1902, "source": str(INGEST) if INGEST.exists() else "data/raw"},
+        "base": {
+            "documents": rows[f"{sizes[0]}x"]["documents"] // sizes[0],
+            "of_bundled": 1902,
+            "source": str(INGEST) if INGEST.exists() else "data/raw",
+        },
         "note": "base = first --base-docs chapters; 16x of the whole bundled corpus (~105 MB) takes ~20 min on the "
         "2 shared cores measured here, over the bench's ~10 min budget, so the default base is a quarter of it",
         "sizes": rows,
@@ -145,6 +178,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         "time_target": f"<= {TIME_TARGET} at 16x" if sizes == [1, 4, 16] else "16x not measured",
         "linear": ratio <= TIME_TARGET * sizes[-1] / 16 / sizes[0],
         "peak_memory_growth": round(last["peak_memory_mb"] / first["peak_memory_mb"], 3),
+        # every child's peak RSS starts at least at this process's (see build_in_child): it must not grow
+        "parent_peak_memory_mb": {
+            "start": parent_start_mb,
+            "end": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+        },
         "datatrove": {"size": f"{args.overhead_size}x", **(datatrove or {})},
         "overhead_vs_datatrove": round(stage_s / datatrove["seconds"] - 1, 4) if datatrove and stage_s else None,
         "overhead_target": OVERHEAD_TARGET,

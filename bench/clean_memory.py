@@ -7,7 +7,9 @@ bench.clean measures the whole stage's peak RSS, which cannot say which step gro
 pipelines (stages.clean.pipelines: filter, exact_signatures, exact_find, minhash_signatures, minhash_buckets,
 minhash_cluster, kept) runs in its own subprocess, in order, on the same work folder, with params.yaml's `clean:`
 (tasks 1, workers 1: one process), and its peak RSS (os.wait4's ru_maxrss) is recorded per size. The input is
-bench.clean's: the first --base-docs chapters, and N-1 copies with ~1% of words replaced.
+bench.clean's: the first --base-docs chapters, and N-1 copies with ~1% of words replaced, built in a child process
+of its own, since Linux carries a parent's peak RSS into every child it starts (a parent holding the corpus gave
+every pipeline a floor that grew with it, 213 MB at 1x and 1,011 MB at 16x, when this bench first ran).
 Writes reports/bench/clean_memory.json: peak MB per pipeline per size and each one's growth from the first size to
 the last.
 """
@@ -24,7 +26,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.clean import base_corpus, replicate
+from bench.clean import build_in_child
 from stages.common import load_params, write_json
 
 REPORT = Path("reports/bench/clean_memory.json")
@@ -53,8 +55,6 @@ def measure(index: int, src: Path, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    from datasets import Dataset
-
     from stages.clean import CleanParams, pipelines
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -68,24 +68,22 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.child is not None:
         return child(args.child, args.src, args.work)
 
-    sizes, base = [int(s) for s in args.sizes.split(",")], base_corpus(args.base_docs)
+    sizes = [int(s) for s in args.sizes.split(",")]
     p = load_params("clean", CleanParams)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            docs = replicate(base, n)
             src, work = Path(tmp, f"in{n}"), Path(tmp, f"work{n}")
-            Dataset.from_list(docs).save_to_disk(src)
+            built = build_in_child(args.base_docs, n, src)  # in its own process: this one's RSS stays the same
             count = len(pipelines(p, src, work))
             runs = [measure(i, src, work) for i in range(count)]
-            mb = round(sum(len(d["text"].encode()) for d in docs) / 1e6, 3)
             per = {r["name"]: {k: r[k] for k in ("seconds", "peak_memory_mb")} for r in runs}
-            rows[f"{n}x"] = {"documents": len(docs), "mb": mb, "pipelines": per}
+            rows[f"{n}x"] = {**built, "pipelines": per}
     first, last = rows[f"{sizes[0]}x"]["pipelines"], rows[f"{sizes[-1]}x"]["pipelines"]
     report = {
         "command": shlex.join(["python", "-m", "bench.clean_memory", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "base_documents": len(base),
+        "base_documents": rows[f"{sizes[0]}x"]["documents"] // sizes[0],
         "sizes": rows,
         f"peak_memory_growth_{sizes[-1] // sizes[0]}x": {
             k: round(last[k]["peak_memory_mb"] / first[k]["peak_memory_mb"], 3) for k in first

@@ -19,11 +19,13 @@ Scale-out: `clean.executor` is local (LocalPipelineExecutor, `clean.tasks` shard
 processes), slurm (SlurmPipelineExecutor: one array job per pipeline, chained by --dependency, `clean.slurm.*`)
 or ray (RayPipelineExecutor on the cluster `ray.init()` finds, `clean.ray.*`). Rows are sharded contiguously, so
 a document's (rank, position) follows corpus order whatever the tasks: exact dedup keeps the first of a group,
-MinHash the same one of a cluster, and the kept documents, sorted by row number, are byte-identical for any
-tasks/workers (tests/stages/test_clean.py checks 1/1 against 3/2).
+MinHash the same one of a cluster, and the kept documents, streamed rank by rank (so by row number) into Arrow,
+are byte-identical for any tasks/workers (tests/stages/test_clean.py checks 1/1 against 3/2). Nothing holds the
+corpus in memory: datatrove streams, and the kept documents go from its files to Arrow in batches.
 """
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -317,8 +319,46 @@ def nothing_kept_message(src: Path, out: Path, drops: Counter) -> str:
             f"{out} is left as it was. To keep more, {fix}{empty}.")  # fmt: skip
 
 
+# What decides which documents are kept; the rest (how it runs, where, the sample size) leaves the corpus alone.
+RUN_ONLY = ("executor", "tasks", "workers", "work_dir", "sample_per_reason", "slurm", "ray")
+
+
+def output_fingerprint(p: CleanParams, input_fingerprint: str) -> str:
+    """The kept corpus's `datasets` fingerprint: from the input's and the params that decide the output, so the
+    same input and params give byte-identical files whatever the executor, tasks or workers."""
+    decides = {k: v for k, v in dataclasses.asdict(p).items() if k not in RUN_ONLY}
+    blob = json.dumps({"input": input_fingerprint, "clean": decides}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def in_corpus_order(rows, tally: Counter):
+    """The kept rows as {id, text}, checked to follow corpus order, their count and bytes added to `tally`.
+
+    Shards are contiguous and read rank by rank (read_jsonl), so the row numbers rise; streamed, never gathered.
+    """
+    last = -1
+    for r in rows:
+        index = r["metadata"]["index"]
+        if index <= last:
+            raise RuntimeError(f"clean: kept documents out of corpus order (row {index} after {last})")
+        last = index
+        tally["documents"] += 1
+        tally["bytes"] += len(r["text"].encode())
+        yield {"id": r["id"], "text": r["text"]}
+
+
+def write_corpus(rows, path: Path, fingerprint: str, cache: Path, tally: Counter):
+    """Streams rows into a Dataset saved at `path` (Arrow, written in batches: memory stays flat)."""
+    from datasets import Dataset, Features, Value
+
+    ds = Dataset.from_generator(in_corpus_order, gen_kwargs={"rows": rows, "tally": tally}, cache_dir=str(cache),
+                                features=Features({"id": Value("string"), "text": Value("string")}),
+                                fingerprint=fingerprint)  # fmt: skip
+    ds.save_to_disk(path)
+
+
 def run(p: CleanParams, src: Path = IN, out: Path = OUT, metrics_path: Path = METRICS) -> dict:
-    from datasets import Dataset, load_from_disk
+    from datasets import load_from_disk
 
     from stages.clean_steps import read_jsonl, summarise_drops
 
@@ -332,26 +372,27 @@ def run(p: CleanParams, src: Path = IN, out: Path = OUT, metrics_path: Path = ME
         dt_start = time.perf_counter()
         run_datatrove(p, src, work)
         dt_seconds = time.perf_counter() - dt_start
-        kept = sorted(read_jsonl(work / "kept"), key=lambda r: r["metadata"]["index"])
         per_step, samples = summarise_drops(work / "dropped", p.sample_per_reason)
+        reasons = sum(per_step.values(), Counter())
+        if not any(read_jsonl(work / "kept")):  # before anything is written: the previous output and metrics stay
+            fail(nothing_kept_message(src, out, reasons))
+        kept = Counter()
+        with atomic_dir(out) as tmp:
+            fp = output_fingerprint(p, corpus._fingerprint)
+            write_corpus(read_jsonl(work / "kept"), tmp / "corpus", fp, work / "arrow", kept)
+            with open(tmp / "dropped.jsonl", "w") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in samples)
+            metrics = {
+                "documents_in": len(corpus),
+                "documents_out": kept["documents"],
+                "bytes_in": bytes_in,
+                "bytes_out": kept["bytes"],
+                "drops": dict(sorted(reasons.items())),
+                "drops_per_step": {s: dict(sorted(c.items())) for s, c in sorted(per_step.items())},
+            }
+            write_json(meta(p, **metrics), tmp / "meta.json")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    reasons = sum(per_step.values(), Counter())
-    if not kept:  # before anything is written: the previous output and metrics stay
-        fail(nothing_kept_message(src, out, reasons))
-    metrics = {
-        "documents_in": len(corpus),
-        "documents_out": len(kept),
-        "bytes_in": bytes_in,
-        "bytes_out": sum(len(r["text"].encode()) for r in kept),
-        "drops": dict(sorted(reasons.items())),
-        "drops_per_step": {s: dict(sorted(c.items())) for s, c in sorted(per_step.items())},
-    }
-    with atomic_dir(out) as tmp:
-        Dataset.from_list([{"id": r["id"], "text": r["text"]} for r in kept]).save_to_disk(tmp / "corpus")
-        with open(tmp / "dropped.jsonl", "w") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in samples)
-        write_json(meta(p, **metrics), tmp / "meta.json")
     metrics["seconds"] = round(time.perf_counter() - start, 2)  # measurements: after meta.json, never in it
     metrics["datatrove"] = {"seconds": round(dt_seconds, 2)}  # nested: MEASURED strips "seconds" at any depth
     write_json(metrics, metrics_path)

@@ -25,3 +25,18 @@ def test_tiny_run_writes_the_report(tmp_path):
     assert abs(report["overhead_vs_datatrove"] - expected) < 1e-3
     assert report["overhead_target"] == 0.1
     assert one["datatrove_seconds"] < one["seconds"] and report["overhead_in_process"] > 0
+    parent = report["parent_peak_memory_mb"]  # the floor of every child's peak: the corpus never enters it
+    assert 0 < parent["start"] <= parent["end"] < min(one["peak_memory_mb"], two["peak_memory_mb"])
+
+
+def test_build_streams_the_same_corpus_replicate_makes(tmp_path):
+    """The Nx input is built one document at a time (in a child process in the bench): the same rows as replicate."""
+    from datasets import load_from_disk
+
+    from bench.clean import base_corpus, build, replicate
+
+    info = build(5, 3, tmp_path / "in")
+    rows = [{"id": r["id"], "text": r["text"]} for r in load_from_disk(str(tmp_path / "in"))]
+    expected = replicate(base_corpus(5), 3)
+    assert rows == expected and info["documents"] == 15
+    assert info["mb"] == round(sum(len(d["text"].encode()) for d in expected) / 1e6, 3)
