@@ -55,10 +55,10 @@ def base_corpus(n: int) -> list[dict]:
     return [{"id": d["id"], "text": d["text"]} for d in ingest_corpus()[:n]]
 
 
-def near_copy(d: dict, k: int, rng: random.Random) -> dict:
-    """Copy k of a document, ~1% of its words replaced by others of it: {'id': 'a'}, 1 -> {'id': 'a#1', ...}."""
+def near_copy(d: dict, k: int, rng: random.Random, share: float = 0.01) -> dict:
+    """Copy k of a document, `share` of its words replaced by others of it: {'id': 'a'}, 1 -> {'id': 'a#1', ...}."""
     words = d["text"].split(" ")
-    for i in rng.sample(range(len(words)), max(1, len(words) // 100)):
+    for i in rng.sample(range(len(words)), max(1, int(len(words) * share))):
         words[i] = rng.choice(words)
     return {"id": f"{d['id']}#{k}", "text": " ".join(words)}
 
