@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from stages.clean import STOPWORDS
-from stages.common import atomic_dir, covered_by_deps, fail, load_params, meta, write_json
+from stages.common import atomic_dir, covered_by_deps, fail, is_local, load_params, meta, write_json
 
 TASK = Path("data/1_ingest/task")
 MODELS = Path("models/5_translate")
@@ -184,11 +184,6 @@ def folder_hash(folder: Path) -> str:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
     return "sha256:" + h.hexdigest()
-
-
-def is_local(name: str) -> bool:
-    """A folder rather than a hub name: it exists, or looks like a path (a hub name is `org/name` or `name`)."""
-    return Path(name).expanduser().exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1
 
 
 def unreachable(where: str, name: str, error: Exception) -> str:

@@ -179,6 +179,14 @@ def meta(params, /, **counts) -> dict:
     }
 
 
+def is_local(spec: str) -> bool:
+    """A folder rather than a hub name: it exists, or looks like a path (a hub name is `org/name` or `name`).
+
+    'gpt2' -> False, 'org/model' -> False, './models/base' -> True, 'data/own/base' -> True
+    """
+    return Path(spec).expanduser().exists() or spec.startswith(("/", ".", "~")) or spec.count("/") > 1
+
+
 def covered_by_deps(path: str | Path, stage: str, dvc_file: Path = Path("dvc.yaml")) -> bool:
     """Whether a local file or folder lies under a dep of `stage` in dvc.yaml (the stage itself or its matrix's
     `do`), so that DVC reruns the stage when it changes. No dvc.yaml (a stage run by hand elsewhere): True.

@@ -50,6 +50,7 @@ from stages.common import (
     atomic_dir,
     covered_by_deps,
     fail,
+    is_local,
     load_params,
     meta,
     seed_everything,
@@ -250,12 +251,6 @@ def build_classifier(run: RunParams, pretrained: Path, num_labels: int, t: Train
         drop = {k: t.dropout for k in DROPOUT_KEYS if k in config.to_dict()}
         body = load_body(pretrained, scratch=run.init == "scratch", **drop)
     return Classifier(METHODS[run.method].build(body, run.knobs), num_labels, t.pooling, t.dropout)
-
-
-def is_local(spec: str) -> bool:
-    """A folder rather than a hub name: it exists, or looks like a path (a hub name is `org/name` or `name`).
-    The same test as augment's for translators."""
-    return Path(spec).expanduser().exists() or spec.startswith(("/", ".", "~")) or spec.count("/") > 1
 
 
 def checkpoint_source(spec: str) -> str:

@@ -175,10 +175,10 @@ def from_checkpoint(load, spec: str, key: str):
     """
     import os
 
-    from stages.common import ParamsError
+    from stages.common import ParamsError, is_local
 
     path = Path(spec).expanduser()
-    local = path.exists() or spec.startswith(("/", ".", "~")) or spec.count("/") > 1
+    local = is_local(spec)
     if local and not path.is_dir():
         raise ParamsError(f"{key}: {spec}: no such folder (give a save_pretrained folder or a hub name)")
     try:
