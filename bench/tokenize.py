@@ -12,9 +12,9 @@ data/3_tokenize/tokenizer if present, else trained on that text by stages.tokeni
 `tokenize:` (not timed). Three encodings of the same texts, taking turns, each timed best of --repeats:
 
   stage  the stage's own path: `docs.map(encode, batched=True, num_proc=..., remove_columns=docs.column_names,
-         keep_in_memory=True)` on the corpus loaded from disk, with `encode` = `tokenizer(batch["text"],
-         add_special_tokens=False)["input_ids"]`. `encode` is a closure inside stages.tokenize.run, so this module
-         replicates that call argument for argument: keep the two in step.
+         cache_file_name=<a fresh temp folder>/ids.arrow)` on the corpus loaded from disk, with `encode` =
+         `tokenizer(batch["text"], add_special_tokens=False)["input_ids"]`. `encode` is a closure inside
+         stages.tokenize.run, so this module replicates that call argument for argument: keep the two in step.
   call   the same transformers tokenizer called once on all texts (the stage's call without datasets.map), which
          tells whether a gap comes from datasets or from transformers
   raw    `tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)`, the `tokenizers` library alone
@@ -88,8 +88,10 @@ def stage_encode(docs, tokenizer, num_proc: int) -> list[list[int]]:
         return {"input_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]}
 
     num_proc = num_proc if num_proc > 1 else None
-    ids = docs.map(encode, batched=True, num_proc=num_proc, remove_columns=docs.column_names, keep_in_memory=True)
-    return list(ids["input_ids"])  # Python lists, as raw_encode returns (the stage reads them one by one in pack)
+    with tempfile.TemporaryDirectory() as cache:
+        ids = docs.map(encode, batched=True, num_proc=num_proc, remove_columns=docs.column_names,
+                       cache_file_name=str(Path(cache, "ids.arrow")))  # fmt: skip
+        return list(ids["input_ids"])  # Python lists, as raw_encode returns (the stage reads them a batch at a time)
 
 
 def call_encode(texts: list[str], tokenizer) -> list[list[int]]:

@@ -9,6 +9,10 @@ Writes data/3_tokenize/tokenizer   a transformers tokenizer (save_pretrained) + 
 
     python -m stages.tokenize
 
+The corpus streams: the BPE trains on batches of documents, the encoded documents go to a temporary Arrow cache
+(memory-mapped, outside the input folder) and the blocks are packed and written a few at a time, so the corpus and its
+token ids need not fit in memory. The task is small and is encoded in memory.
+
 The documents are split train/validation first and the BPE is trained on the train documents only, so the
 validation blocks (pre-training perplexity) hold text the tokenizer has not seen either. With `tokenizer:` a
 checkpoint (a save_pretrained folder or a hub name) instead of `train`, that checkpoint's tokenizer is used as it
@@ -17,10 +21,13 @@ is, for continued pre-training from the same checkpoint (pretrain.init) and chec
 Run as a module: as a script, this file would shadow the standard library's `tokenize`.
 """
 
+import hashlib
 import json
 import random
 import sys
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from stages.common import atomic_dir, covered_by_deps, fail, load_params, meta, write_json
@@ -31,6 +38,7 @@ OUT = Path("data/3_tokenize")
 METRICS = Path("metrics/tokenize.json")
 
 SPECIAL = ("eos", "pad", "mask")  # the roles of special_tokens, in the order of their ids (0, 1, 2)
+BATCH = 1000  # documents read at a time from the memory-mapped corpus and its encoding
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,9 @@ class TokenizeParams:
 def train_tokenizer(texts, vocab_size: int, min_frequency: int, special: dict[str, str] | None = None):
     """A byte-level BPE (GPT-2 style: every string round-trips) as a transformers fast tokenizer.
 
-    `special` maps eos, pad and mask to their strings (ids 0, 1, 2); GPT-2's <|endoftext|>, <pad>, <mask> if None.
+    `texts` is any iterable of strings or of batches (lists) of strings, a generator included: only the word counts
+    are held, not the texts. `special` maps eos, pad and mask to their strings (ids 0, 1, 2); GPT-2's <|endoftext|>,
+    <pad>, <mask> if None.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -115,14 +125,45 @@ def encode_task(tokenizer, texts: list[str], max_length: int) -> dict[str, list]
     return {"input_ids": [x[:max_length] for x in ids], "truncated": [len(x) > max_length for x in ids]}
 
 
-def pack(sequences: list[list[int]], block_size: int, eos_id: int) -> list[list[int]]:
+def pack_stream(sequences: Iterable[Sequence[int]], block_size: int, eos_id: int) -> Iterator[list[int]]:
+    """pack, one block at a time: only the tokens of the unfinished block are carried from a sequence to the next.
+
+    list(pack_stream(iter([[1, 2], [3]]), 2, eos_id=0)) -> [[1, 2], [0, 3]]  (the trailing [0] is dropped)
+    """
+    carry: list[int] = []
+    for seq in sequences:
+        carry.extend(seq)
+        carry.append(eos_id)
+        full = len(carry) - len(carry) % block_size
+        for i in range(0, full, block_size):
+            yield carry[i : i + block_size]
+        del carry[:full]
+
+
+def pack(sequences: Iterable[Sequence[int]], block_size: int, eos_id: int) -> list[list[int]]:
     """Concatenate sequences with an EOS after each, cut into full blocks; the last partial block is dropped.
 
     pack([[1, 2], [3]], 2, eos_id=0) -> [[1, 2], [0, 3]]  (the trailing [0] is dropped)
     """
-    stream = [t for seq in sequences for t in (*seq, eos_id)]
-    n = len(stream) // block_size
-    return [stream[i * block_size : (i + 1) * block_size] for i in range(n)]
+    return list(pack_stream(sequences, block_size, eos_id))
+
+
+def batches(ds, column: str) -> Iterator[list]:
+    """A column of a (memory-mapped) Dataset, BATCH rows at a time as Python lists, in the dataset's order."""
+    for batch in ds.select_columns([column]).iter(BATCH):
+        yield batch[column]
+
+
+def column_total(ds, column: str, measure) -> int:
+    """Sum over a column of an Arrow measure of each row, read in Arrow batches (no Python objects per row).
+
+    column_total(docs, "text", pc.utf8_length) -> characters; column_total(ids, "input_ids", pc.list_value_length)
+    -> tokens
+    """
+    import pyarrow.compute as pc
+
+    arrow = ds.select_columns([column]).with_format("arrow")
+    return sum(pc.sum(measure(b[column])).as_py() or 0 for b in arrow.iter(BATCH * 10))
 
 
 def split_documents(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -133,17 +174,55 @@ def split_documents(n: int, val_fraction: float, seed: int) -> tuple[list[int], 
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
+def blocks_fingerprint(p: TokenizeParams, corpus_fingerprint: str, split: str) -> str:
+    """The blocks' datasets fingerprint, from what determines them: two runs on one input write the same bytes."""
+    key = json.dumps({"params": asdict(p), "corpus": corpus_fingerprint, "split": split}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def write_blocks(ids, idx: list[int], eos_id: int, p: TokenizeParams, fingerprint: str, cache: Path, split: str):
+    """The blocks of documents idx (in that order) as a Dataset, packed and written to Arrow a batch at a time.
+
+    `ids` is the memory-mapped encoded corpus; `cache` a fresh folder the blocks are written into (kept until saved).
+    """
+    from datasets import Dataset, Features, List, Value
+
+    def rows():  # not gen_kwargs: from_generator would cut a list argument into one shard per item
+        sequences = (x for batch in batches(ids.select(idx), "input_ids") for x in batch)
+        for block in pack_stream(sequences, p.block_size, eos_id):
+            yield {"input_ids": block}
+
+    features = Features({"input_ids": List(Value("int32"))})  # what Dataset.from_dict makes of input_ids
+    return Dataset.from_generator(rows, features=features, split=split, cache_dir=str(cache), fingerprint=fingerprint)
+
+
+def encode_task_splits(tokenizer, task_ds, p: TokenizeParams, num_proc: int | None):
+    """(the task's DatasetDict with input_ids, {split: texts cut at max_length}); it is small: encoded in memory."""
+
+    def encode_split(batch):
+        return encode_task(tokenizer, batch["text"], p.max_length)
+
+    task_ids = task_ds.map(encode_split, batched=True, num_proc=num_proc, keep_in_memory=True)
+    truncated = {k: sum(v["truncated"]) for k, v in task_ids.items()}
+    if sum(truncated.values()):  # counted in metrics too; a user's long texts lose their ends: say so now
+        print(f"warning: {truncated} task texts are longer than tokenize.max_length ({p.max_length} tokens) and were "
+              "truncated; raise it (up to the model's positions) to keep more of each", file=sys.stderr)  # fmt: skip
+    return task_ids.remove_columns("truncated"), truncated
+
+
 def run(
     p: TokenizeParams, corpus: Path = CORPUS, task: Path = TASK, out: Path = OUT, metrics_path: Path = METRICS
 ) -> dict:
-    from datasets import Dataset, DatasetDict, load_from_disk
+    import pyarrow.compute as pc
+    from datasets import DatasetDict, load_from_disk
 
     docs = load_from_disk(str(corpus))
     if len(docs) < 2:
         fail(f"{corpus}: {len(docs)} document(s); tokenize needs at least 2 (one for validation)")
-    train_idx, val_idx = split_documents(len(docs), p.val_fraction, p.seed)
-    if p.tokenizer == "train":  # on the train documents only: the validation ones stay unseen
-        tokenizer = train_tokenizer(docs.select(train_idx)["text"], p.vocab_size, p.min_frequency, p.special_tokens)
+    splits = dict(zip(("train", "validation"), split_documents(len(docs), p.val_fraction, p.seed), strict=True))
+    if p.tokenizer == "train":  # on the train documents only, in batches: the validation ones stay unseen
+        texts = batches(docs.select(splits["train"]), "text")
+        tokenizer = train_tokenizer(texts, p.vocab_size, p.min_frequency, p.special_tokens)
     else:
         tokenizer = checkpoint_tokenizer(p.tokenizer)
 
@@ -151,43 +230,40 @@ def run(
         return {"input_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]}
 
     num_proc = p.num_proc if p.num_proc > 1 else None
-    # keep_in_memory: no cache files written into the input folder (another stage's DVC output)
-    ids = docs.map(encode, batched=True, num_proc=num_proc, remove_columns=docs.column_names, keep_in_memory=True)
-    ids = ids["input_ids"]
-    blocks = {
-        name: pack([ids[i] for i in idx], p.block_size, tokenizer.eos_token_id)
-        for name, idx in (("train", train_idx), ("validation", val_idx))
-    }
-    if not blocks["validation"] or not blocks["train"]:
-        fail(f"{corpus}: too little text for one {p.block_size}-token block per split; lower tokenize.block_size")
-
-    task_ds = load_from_disk(str(task))
-
-    def encode_split(batch):
-        return encode_task(tokenizer, batch["text"], p.max_length)
-
-    task_ids = task_ds.map(encode_split, batched=True, num_proc=num_proc, keep_in_memory=True)
-    truncated = {k: sum(v["truncated"]) for k, v in task_ids.items()}
-    task_ids = task_ids.remove_columns("truncated")
-    if sum(truncated.values()):  # counted in metrics too; a user's long texts lose their ends: say so now
-        print(f"warning: {truncated} task texts are longer than tokenize.max_length ({p.max_length} tokens) and were "
-              "truncated; raise it (up to the model's positions) to keep more of each", file=sys.stderr)  # fmt: skip
-    metrics = {
-        "vocab_size": len(tokenizer),
-        "corpus_tokens": sum(len(x) for x in ids),
-        "blocks": {k: len(v) for k, v in blocks.items()},
-        "block_size": p.block_size,
-        "chars_per_token": round(sum(len(t) for t in docs["text"]) / max(1, sum(len(x) for x in ids)), 3),
-        "task_truncated": truncated,  # verses longer than max_length (cut); one that fits exactly is not
-    }
-    with atomic_dir(out) as tmp:
-        tokenizer.save_pretrained(tmp / "tokenizer")
-        vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-        sample = [f"{i}\t{tokenizer.convert_tokens_to_string([t])!r}" for t, i in vocab[:: max(1, len(vocab) // 200)]]
-        (tmp / "tokenizer" / "vocab_sample.txt").write_text("\n".join(sample) + "\n")
-        DatasetDict({k: Dataset.from_dict({"input_ids": v}) for k, v in blocks.items()}).save_to_disk(tmp / "blocks")
-        task_ids.save_to_disk(tmp / "task")
-        write_json(meta(p, **metrics), tmp / "meta.json")
+    with tempfile.TemporaryDirectory(prefix="tokenize-") as tmp_cache:
+        # the encoding goes to a fresh temporary cache, memory-mapped: never into the input folder (another stage's
+        # DVC output), and no earlier run's cache is reused
+        cache = Path(tmp_cache)
+        ids = docs.map(encode, batched=True, num_proc=num_proc, remove_columns=docs.column_names,
+                       cache_file_name=str(cache / "ids.arrow"))  # fmt: skip
+        tokens = {k: column_total(ids.select(idx), "input_ids", pc.list_value_length) for k, idx in splits.items()}
+        counts = {k: (tokens[k] + len(idx)) // p.block_size for k, idx in splits.items()}  # + an EOS per document
+        if not counts["validation"] or not counts["train"]:
+            fail(f"{corpus}: too little text for one {p.block_size}-token block per split; lower tokenize.block_size")
+        blocks = DatasetDict()
+        for k, idx in splits.items():
+            fp = blocks_fingerprint(p, docs._fingerprint, k)
+            blocks[k] = write_blocks(ids, idx, tokenizer.eos_token_id, p, fp, cache / k, k)
+        assert {k: len(v) for k, v in blocks.items()} == counts, "packing wrote another number of blocks than counted"
+        task_ids, truncated = encode_task_splits(tokenizer, load_from_disk(str(task)), p, num_proc)
+        metrics = {
+            "vocab_size": len(tokenizer),
+            "corpus_tokens": sum(tokens.values()),
+            "blocks": counts,
+            "block_size": p.block_size,
+            "chars_per_token": round(column_total(docs, "text", pc.utf8_length) / max(1, sum(tokens.values())), 3),
+            "task_truncated": truncated,  # verses longer than max_length (cut); one that fits exactly is not
+        }
+        with atomic_dir(out) as tmp:
+            tokenizer.save_pretrained(tmp / "tokenizer")
+            vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+            sample = [
+                f"{i}\t{tokenizer.convert_tokens_to_string([t])!r}" for t, i in vocab[:: max(1, len(vocab) // 200)]
+            ]
+            (tmp / "tokenizer" / "vocab_sample.txt").write_text("\n".join(sample) + "\n")
+            blocks.save_to_disk(tmp / "blocks")
+            task_ids.save_to_disk(tmp / "task")
+            write_json(meta(p, **metrics), tmp / "meta.json")
     write_json(metrics, metrics_path)
     return metrics
 

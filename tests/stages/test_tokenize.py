@@ -1,12 +1,15 @@
-"""tokenize: round trip, parity with the saved transformers tokenizer, packing loses no token."""
+"""tokenize: round trip, parity with the saved transformers tokenizer, packing loses no token, streaming packs what
+packing the whole corpus in memory would, byte for byte the same output twice."""
 
+import itertools
 import json
+import random
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
-from stages.tokenize import encode_task, pack, split_documents, train_tokenizer
+from stages.tokenize import TokenizeParams, encode_task, pack, pack_stream, run, split_documents, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = [
@@ -57,6 +60,27 @@ def test_pack_loses_and_duplicates_no_token():
     assert all(len(b) == 4 for b in blocks)
     assert [t for b in blocks for t in b] == stream[: len(blocks) * 4]  # in order, nothing lost but the tail
     assert len(stream) - len(blocks) * 4 < 4
+
+
+def reference_pack(sequences, block_size: int, eos_id: int) -> list[list[int]]:
+    """Packing as it was before streaming: the whole token stream in one list, then cut."""
+    stream = [t for seq in sequences for t in (*seq, eos_id)]
+    return [stream[i : i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
+
+
+def test_pack_stream_matches_packing_the_whole_stream():
+    rng = random.Random(0)
+    for _ in range(200):
+        seqs = [[rng.randrange(1, 99) for _ in range(rng.choice([0, 1, 2, 7, 30]))] for _ in range(rng.randrange(9))]
+        block = rng.choice([1, 2, 3, 8, 64])
+        expected = reference_pack(seqs, block, eos_id=0)
+        assert list(pack_stream(iter(seqs), block, eos_id=0)) == pack(seqs, block, eos_id=0) == expected
+
+
+def test_pack_stream_yields_blocks_before_the_input_ends():
+    """An endless input still gives blocks: nothing waits for the whole corpus."""
+    endless = itertools.repeat([1, 2, 3])
+    assert list(itertools.islice(pack_stream(endless, 3, eos_id=0), 4)) == [[1, 2, 3], [0, 1, 2], [3, 0, 1], [2, 3, 0]]
 
 
 def test_document_split_is_disjoint_and_seeded():
@@ -208,3 +232,78 @@ def test_run_trains_the_tokenizer_on_train_documents_only(verses, tmp_path, caps
     cut = json.loads((tmp_path / "train" / "m.json").read_text())["task_truncated"]
     assert cut["train"] > 0  # verses of more than 16 tokens: counted, and a warning says so
     assert f"warning: {cut} task texts are longer than tokenize.max_length (16 tokens)" in capsys.readouterr().err
+
+
+def test_tokenizer_trained_on_batches_is_the_one_trained_on_a_list(verses):
+    """run() feeds the BPE a generator of batches of documents; it learns what the whole list teaches."""
+    docs = ["\n".join(verses[i : i + 20]) for i in range(0, len(verses), 20)]
+    batches = (docs[i : i + 3] for i in range(0, len(docs), 3))
+    from_list = train_tokenizer(docs, vocab_size=600, min_frequency=2)
+    assert train_tokenizer(batches, vocab_size=600, min_frequency=2).backend_tokenizer.to_str() == (
+        from_list.backend_tokenizer.to_str()
+    )
+
+
+PARAMS = TokenizeParams(tokenizer="train", special_tokens=SPECIAL, vocab_size=600, min_frequency=2, block_size=64,
+                        max_length=16, val_fraction=0.2, seed=3, num_proc=1)  # fmt: skip
+
+
+def write_inputs(root: Path, docs: list[str], verses: list[str]) -> tuple[Path, Path]:
+    """(corpus, task) folders as ingest and clean leave them: the documents, and a small task of 7 verses."""
+    from datasets import Dataset, DatasetDict
+
+    Dataset.from_dict({"id": [f"d{i}" for i in range(len(docs))], "text": docs}).save_to_disk(root / "corpus")
+    task = Dataset.from_dict({"text": verses[:7], "label": list(range(7))})
+    DatasetDict({"train": task, "test": task}).save_to_disk(root / "task")
+    return root / "corpus", root / "task"
+
+
+def test_run_streams_exactly_the_blocks_pack_makes_in_memory(verses, tmp_path, monkeypatch):
+    """Read 3 documents at a time (BPE, encoding, packing), run()'s blocks are pack() of the whole split's ids; the
+    counts are those of the whole corpus in memory; the input folder gets no cache file."""
+    from datasets import load_from_disk
+
+    monkeypatch.setattr("stages.tokenize.BATCH", 3)
+    docs = ["\n".join(verses[i : i + 20]) for i in range(0, len(verses), 20)] + [*UNICODE.values(), ""]
+    corpus, task = write_inputs(tmp_path, docs, verses)
+    before = sorted(corpus.rglob("*"))
+    metrics = run(PARAMS, corpus, task, tmp_path / "out", tmp_path / "metrics.json")
+    assert sorted(corpus.rglob("*")) == before
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out" / "tokenizer")
+    ids = tok(docs, add_special_tokens=False)["input_ids"]
+    blocks = load_from_disk(str(tmp_path / "out" / "blocks"))  # as pretrain reads it
+    for name, idx in zip(("train", "validation"), split_documents(len(docs), 0.2, seed=3), strict=True):
+        assert blocks[name]["input_ids"] == pack([ids[i] for i in idx], 64, tok.eos_token_id)
+        assert str(blocks[name].features["input_ids"]) == "List(Value('int32'))"  # as Dataset.from_dict wrote it
+    assert metrics["corpus_tokens"] == sum(map(len, ids))
+    assert metrics["chars_per_token"] == round(sum(map(len, docs)) / sum(map(len, ids)), 3)
+    train_docs = [docs[i] for i in split_documents(len(docs), 0.2, seed=3)[0]]
+    assert tok.get_vocab() == train_tokenizer(train_docs, 600, 2, SPECIAL).get_vocab()
+
+
+def test_run_writes_the_same_bytes_twice(verses, tmp_path):
+    """Two runs on one input: every output file (tokenizer, blocks, task, meta.json) is byte for byte the same."""
+    docs = ["\n".join(verses[i : i + 20]) for i in range(0, len(verses), 20)]
+    corpus, task = write_inputs(tmp_path, docs, verses)
+    for k in (1, 2):
+        run(PARAMS, corpus, task, tmp_path / f"out{k}", tmp_path / f"metrics{k}.json")
+    files = {k: sorted(p.relative_to(tmp_path / f"out{k}") for p in (tmp_path / f"out{k}").rglob("*")) for k in (1, 2)}
+    assert files[1] == files[2] and Path("blocks/train/data-00000-of-00001.arrow") in files[1]
+    for f in files[1]:
+        if (tmp_path / "out1" / f).is_file():
+            assert (tmp_path / "out1" / f).read_bytes() == (tmp_path / "out2" / f).read_bytes(), f
+    assert (tmp_path / "metrics1.json").read_bytes() == (tmp_path / "metrics2.json").read_bytes()
+
+
+def test_run_refuses_a_corpus_of_one_document_or_too_little_text(verses, tmp_path, capsys):
+    corpus, task = write_inputs(tmp_path / "one", verses[:1], verses)
+    with pytest.raises(SystemExit):
+        run(PARAMS, corpus, task, tmp_path / "out", tmp_path / "m.json")
+    assert "1 document(s); tokenize needs at least 2 (one for validation)" in capsys.readouterr().err
+    short = ["In the beginning.", "God said.", "Let there be light."]  # one in validation: < 64 tokens
+    corpus, task = write_inputs(tmp_path / "short", short, verses)
+    with pytest.raises(SystemExit):
+        run(PARAMS, corpus, task, tmp_path / "out", tmp_path / "m.json")
+    assert "too little text for one 64-token block per split; lower tokenize.block_size" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
