@@ -21,6 +21,7 @@ is, for continued pre-training from the same checkpoint (pretrain.init) and chec
 Run as a module: as a script, this file would shadow the standard library's `tokenize`.
 """
 
+import copy
 import hashlib
 import json
 import random
@@ -197,7 +198,12 @@ def write_blocks(ids, idx: list[int], eos_id: int, p: TokenizeParams, fingerprin
 
 
 def encode_task_splits(tokenizer, task_ds, p: TokenizeParams, num_proc: int | None):
-    """(the task's DatasetDict with input_ids, {split: texts cut at max_length}); it is small: encoded in memory."""
+    """(the task's DatasetDict with input_ids, {split: texts cut at max_length}); it is small: encoded in memory.
+
+    By a copy of the tokenizer: a fast tokenizer keeps the last call's truncation, which save_pretrained would write
+    into tokenizer.json (then a raw `tokenizers.Tokenizer.from_file` would cut every text at max_length + 1).
+    """
+    tokenizer = copy.deepcopy(tokenizer)
 
     def encode_split(batch):
         return encode_task(tokenizer, batch["text"], p.max_length)

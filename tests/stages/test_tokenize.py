@@ -280,6 +280,9 @@ def test_run_streams_exactly_the_blocks_pack_makes_in_memory(verses, tmp_path, m
     assert metrics["chars_per_token"] == round(sum(map(len, docs)) / sum(map(len, ids)), 3)
     train_docs = [docs[i] for i in split_documents(len(docs), 0.2, seed=3)[0]]
     assert tok.get_vocab() == train_tokenizer(train_docs, 600, 2, SPECIAL).get_vocab()
+    # encoding the task (cut at max_length) leaves no truncation in the saved tokenizer: a raw tokenizers load is whole
+    raw = json.loads((tmp_path / "out" / "tokenizer" / "tokenizer.json").read_text())
+    assert raw["truncation"] is None and raw["padding"] is None
 
 
 def test_run_writes_the_same_bytes_twice(verses, tmp_path):
