@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.clean import build_in_child
+from bench.memory import peaks
 from stages.common import load_params, write_json
 
 REPORT = Path("reports/bench/clean_memory.json")
@@ -39,8 +40,9 @@ def child(index: int, src: Path, work: Path) -> None:
     p = dataclasses.replace(load_params("clean", CleanParams), tasks=1, workers=1)
     name, pipeline, tasks = pipelines(p, src, work)[index]
     start = time.perf_counter()
-    executor(p, name, pipeline, tasks, work / "logs").run()
-    print(json.dumps({"name": name, "seconds": round(time.perf_counter() - start, 2)}))
+    with peaks() as sampled:  # its own memory apart from the mapped input's pages (bench.memory)
+        executor(p, name, pipeline, tasks, work / "logs").run()
+    print(json.dumps({"name": name, "seconds": round(time.perf_counter() - start, 2), **sampled}))
 
 
 def measure(index: int, src: Path, work: Path) -> dict:
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             built = build_in_child(args.base_docs, n, src)  # in its own process: this one's RSS stays the same
             count = len(pipelines(p, src, work))
             runs = [measure(i, src, work) for i in range(count)]
-            per = {r["name"]: {k: r[k] for k in ("seconds", "peak_memory_mb")} for r in runs}
+            per = {r["name"]: {k: v for k, v in r.items() if k != "name"} for r in runs}
             rows[f"{n}x"] = {**built, "pipelines": per}
     first, last = rows[f"{sizes[0]}x"]["pipelines"], rows[f"{sizes[-1]}x"]["pipelines"]
     report = {
@@ -87,6 +89,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         "sizes": rows,
         f"peak_memory_growth_{sizes[-1] // sizes[0]}x": {
             k: round(last[k]["peak_memory_mb"] / first[k]["peak_memory_mb"], 3) for k in first
+        },
+        f"peak_anon_growth_{sizes[-1] // sizes[0]}x": {
+            k: round(last[k]["peak_anon_mb"] / first[k]["peak_anon_mb"], 3) for k in first if "peak_anon_mb" in last[k]
         },
         "machine": {"cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
     }

@@ -8,8 +8,8 @@ repeated, ids made unique) into a temp folder by a subprocess of its own: Linux 
 fork and exec, so a parent that had held the corpus would raise every child's reading. Then stages.tokenize.run,
 with params.yaml's `tokenize:`, runs on it in a fresh subprocess, writing into that temp folder, and its peak RSS
 (os.wait4's ru_maxrss) is recorded per size. RSS counts the pages of memory-mapped files that were read (the corpus,
-the encoded ids), which the kernel can drop at will; so the child also samples /proc/self/status every 50 ms (Linux)
-for the peaks of RssAnon (the process's own memory: what must fit) and RssFile (mapped file pages) apart. The task
+the encoded ids), which the kernel can drop at will; so the child also samples the peaks of RssAnon (the process's
+own memory: what must fit) and RssFile (mapped file pages) apart (bench.memory). The task
 (data/1_ingest/task unless --task) is the same at every size. Writes --out (default
 reports/bench/tokenize_memory.json): the peaks, seconds and blocks per size, and the growth from the first size to
 the last.
@@ -23,11 +23,11 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.memory import peaks
 from stages.common import write_json
 
 CORPUS = Path("data/2_clean/corpus")
@@ -35,37 +35,15 @@ TASK = Path("data/1_ingest/task")
 REPORT = Path("reports/bench/tokenize_memory.json")
 
 
-def rss_kinds() -> dict[str, int]:
-    """{RssAnon, RssFile: MB} of this process now, from /proc/self/status; {} where there is none (not Linux)."""
-    try:
-        lines = Path("/proc/self/status").read_text().splitlines()
-    except OSError:
-        return {}
-    fields = dict(line.split(":", 1) for line in lines if ":" in line)
-    return {k: int(fields[k].split()[0]) // 1024 for k in ("RssAnon", "RssFile") if k in fields}
-
-
-def sample_peaks(peaks: dict[str, int], stop: threading.Event, every: float = 0.05) -> None:
-    """Keep in `peaks` the largest of each rss_kinds() value until `stop` is set."""
-    while not stop.wait(every):
-        for k, v in rss_kinds().items():
-            peaks[k] = max(peaks.get(k, 0), v)
-
-
 def child(corpus: Path, task: Path, out: Path) -> None:
     """Runs in the subprocess: the stage on `corpus`; seconds, blocks and sampled peaks printed as the last line."""
     from stages.common import load_params
     from stages.tokenize import TokenizeParams, run
 
-    peaks, stop = {}, threading.Event()
-    sampler = threading.Thread(target=sample_peaks, args=(peaks, stop), daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    metrics = run(load_params("tokenize", TokenizeParams), corpus, task, out / "out", out / "metrics.json")
-    seconds = round(time.perf_counter() - start, 1)
-    stop.set()
-    sampler.join()
-    sampled = {f"peak_{k.removeprefix('Rss').lower()}_mb": v for k, v in peaks.items()}  # peak_anon_mb, peak_file_mb
+    with peaks() as sampled:  # peak_anon_mb, peak_file_mb
+        start = time.perf_counter()
+        metrics = run(load_params("tokenize", TokenizeParams), corpus, task, out / "out", out / "metrics.json")
+        seconds = round(time.perf_counter() - start, 1)
     print(json.dumps({"seconds": seconds, "blocks": metrics["blocks"], **sampled}))
 
 
