@@ -334,9 +334,15 @@ def lm_loss(model, blocks: torch.Tensor, batch_size: int, dev, max_batches: int 
     return total / max(1, n)
 
 
+def blocks_at(blocks, indices: list[int]) -> torch.Tensor:
+    """Blocks `indices` (B, T) of `blocks`: a tensor (N, T), or a Dataset of input_ids in torch format, whose rows
+    are read from its memory-mapped Arrow files (a corpus larger than memory)."""
+    return blocks[indices] if isinstance(blocks, torch.Tensor) else blocks[indices]["input_ids"].long()
+
+
 def train(p: PretrainParams, model, train_blocks, val_blocks, masking, ckpt: Path, fp: str):
     """The training loop; returns (curve, seconds, tokens seen by all processes). Each curve row is one step:
-    step, train_loss (that step's global batch), lr, and val_loss at validation steps."""
+    step, train_loss (that step's global batch), lr, and val_loss at validation steps. train_blocks: see blocks_at."""
     import torch.distributed as dist
 
     rank, world = distributed()
@@ -357,7 +363,7 @@ def train(p: PretrainParams, model, train_blocks, val_blocks, masking, ckpt: Pat
         micro_batches = []
         for micro in range(p.grad_accum):  # the global batch of this step and its targets, on every rank
             k = step * p.grad_accum + micro
-            blocks = train_blocks[batch_indices(len(train_blocks), p.batch_size, k, p.seed)]  # (B, T)
+            blocks = blocks_at(train_blocks, batch_indices(len(train_blocks), p.batch_size, k, p.seed))  # (B, T)
             micro_batches.append(make_batch(blocks, masking, k))  # (inputs, labels), (B, T) each
         n_targets = max(1, sum(count_targets(labels, causal) for _, labels in micro_batches))
         step_loss = torch.zeros((), device=dev)
@@ -422,8 +428,8 @@ def run(
     seed_everything(p.seed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     ds = load_from_disk(str(blocks))
-    train_blocks = torch.tensor(ds["train"]["input_ids"], dtype=torch.long)  # (N, T)
-    block_size = train_blocks.shape[1]
+    train_blocks = ds["train"].select_columns(["input_ids"]).with_format("torch")  # N rows, read batch by batch
+    block_size = len(train_blocks[0]["input_ids"])
     val_blocks = torch.tensor(ds["validation"]["input_ids"], dtype=torch.long)
     masking = masking_for(p.objective, tokenizer, p.mlm_probability, p.seed)
     model = load_model(p, tokenizer, block_size)

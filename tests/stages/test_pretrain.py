@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from stages.ingest import read_raw
-from stages.pretrain import LinearCrossEntropy, Masking, mask_tokens, token_loss
+from stages.pretrain import LinearCrossEntropy, Masking, blocks_at, mask_tokens, token_loss
 from stages.tokenize import pack, train_tokenizer
 from stages.training import batch_indices, warmup_cosine
 
@@ -53,6 +53,16 @@ def test_masking_is_berts_80_10_10_and_a_function_of_the_seed():
     again = mask_tokens(x, m, torch.Generator().manual_seed(7))
     other = mask_tokens(x, m, torch.Generator().manual_seed(8))
     assert torch.equal(again[0], inputs) and torch.equal(again[1], labels) and not torch.equal(other[1], labels)
+
+
+def test_batches_read_from_the_arrow_files_are_the_in_memory_ones(tmp_path):
+    blocks = torch.randint(0, 300, (50, 16))  # (N, T)
+    Dataset.from_dict({"input_ids": blocks.tolist(), "other": list(range(50))}).save_to_disk(tmp_path / "b")
+    mapped = Dataset.load_from_disk(tmp_path / "b").select_columns(["input_ids"]).with_format("torch")
+    for step in range(8):
+        indices = batch_indices(50, 8, step, seed=1)
+        assert torch.equal(blocks_at(mapped, indices), blocks_at(blocks, indices))
+        assert blocks_at(mapped, indices).dtype == torch.long
 
 
 @pytest.mark.parametrize("bias", [False, True])
