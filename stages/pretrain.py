@@ -171,14 +171,90 @@ def count_targets(labels: torch.Tensor, causal: bool) -> int:
     return labels.numel() - len(labels) if causal else int((labels != -100).sum())
 
 
+HEAD_ROWS = 1024  # logit rows at once in the fused head: (1024, V) float32 is 16 MiB at V = 4096, kept in cache
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of logits h @ w.T + b against targets y, HEAD_ROWS rows at a time, with the gradients of
+    h, w and b computed in the same pass (Liger-Kernel's fused linear cross-entropy, in plain PyTorch).
+
+    The (N, V) logits, their log-softmax and its gradient never exist whole: each chunk's logits become its
+    log-probabilities and then, in place, its gradient softmax - onehot, which two matmuls turn into the chunk's share
+    of dL/dh and dL/dw while it is still in cache. backward only scales them by the incoming gradient. Same FLOPs as
+    the plain head; a fixed chunk size fixes the summation order (deterministic).
+    """
+
+    @staticmethod
+    def forward(ctx, h, w, b, y, grads: bool):  # h (N, C), w (V, C), b (V,) or None, y (N,) class ids (no -100)
+        grads = grads and any(ctx.needs_input_grad[:3])  # grads: torch.is_grad_enabled() outside (off in here)
+        loss = h.new_zeros(())
+        gh = torch.empty_like(h) if grads else None
+        gw = torch.zeros_like(w) if grads else None
+        gb = torch.zeros_like(b) if grads and b is not None else None
+        for s in range(0, len(h), HEAD_ROWS):
+            hc, yc = h[s : s + HEAD_ROWS], y[s : s + HEAD_ROWS]  # (n, C), (n,)
+            z = torch.log_softmax(hc @ w.t() if b is None else torch.addmm(b, hc, w.t()), 1)  # (n, V)
+            loss -= z.gather(1, yc[:, None]).sum()
+            if grads:  # dL/dlogits = softmax - onehot(y)
+                z.exp_()
+                z[torch.arange(len(yc)), yc] -= 1
+                torch.mm(z, w, out=gh[s : s + HEAD_ROWS])  # (n, C)
+                gw.addmm_(z.t(), hc)  # (V, C)
+                if gb is not None:
+                    gb += z.sum(0)
+        ctx.save_for_backward(gh, gw, gb)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        return *(None if t is None else t * g for t in ctx.saved_tensors), None, None
+
+
+def split_head(model):
+    """(body, transform, decoder) of a GPT-2 LM or a BERT MLM: body(input_ids) -> hidden (B, T, C), transform the
+    head's layers before its output matrix (or None), decoder that Linear; None for any other model."""
+    from transformers import BertForMaskedLM, GPT2LMHeadModel
+
+    if isinstance(model, GPT2LMHeadModel):
+        return lambda ids: model.transformer(input_ids=ids, use_cache=False).last_hidden_state, None, model.lm_head
+    if isinstance(model, BertForMaskedLM):
+        head = model.cls.predictions
+        return lambda ids: model.bert(input_ids=ids).last_hidden_state, head.transform, head.decoder
+    return None
+
+
 def token_loss(model, inputs: torch.Tensor, labels: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Summed cross-entropy over the predicted tokens (float32), to be divided by the global count."""
-    logits = model(input_ids=inputs).logits  # (B, T, V)
+    """Summed cross-entropy over the predicted tokens (float32), to be divided by the global count.
+
+    GPT-2 and BERT in float32 run the output layer only on the predicted positions (all but the last for causal,
+    the masked 15% for masked) and fuse it with the loss (LinearCrossEntropy); other models and autocast (bf16 on a
+    GPU) take the plain path through the logits.
+    """
     if causal:  # position t predicts token t + 1; the last predicts nothing (shifting labels copies no logits)
         labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T)
-    return torch.nn.functional.cross_entropy(
-        logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
-    )
+    parts = split_head(model)
+    if parts is None or torch.is_autocast_enabled(inputs.device.type):
+        logits = model(input_ids=inputs).logits  # (B, T, V)
+        return torch.nn.functional.cross_entropy(
+            logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
+        )
+    body, transform, decoder = parts
+    keep = labels != -100  # (B, T)
+    hidden = body(inputs)[keep]  # (N, C): the predicted positions only
+    if transform is not None:
+        hidden = transform(hidden)
+    return LinearCrossEntropy.apply(hidden, decoder.weight, decoder.bias, labels[keep], torch.is_grad_enabled())
+
+
+class TokenLoss(torch.nn.Module):
+    """token_loss as a module, so that DDP wraps the whole forward (its gradient hooks need its own forward)."""
+
+    def __init__(self, model, causal: bool):
+        super().__init__()
+        self.model, self.causal = model, causal
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return token_loss(self.model, inputs, labels, self.causal)
 
 
 def build_model(p: PretrainParams, tokenizer, block_size: int):
@@ -258,9 +334,15 @@ def lm_loss(model, blocks: torch.Tensor, batch_size: int, dev, max_batches: int 
     return total / max(1, n)
 
 
+def blocks_at(blocks, indices: list[int]) -> torch.Tensor:
+    """Blocks `indices` (B, T) of `blocks`: a tensor (N, T), or a Dataset of input_ids in torch format, whose rows
+    are read from its memory-mapped Arrow files (a corpus larger than memory)."""
+    return blocks[indices] if isinstance(blocks, torch.Tensor) else blocks[indices]["input_ids"].long()
+
+
 def train(p: PretrainParams, model, train_blocks, val_blocks, masking, ckpt: Path, fp: str):
     """The training loop; returns (curve, seconds, tokens seen by all processes). Each curve row is one step:
-    step, train_loss (that step's global batch), lr, and val_loss at validation steps."""
+    step, train_loss (that step's global batch), lr, and val_loss at validation steps. train_blocks: see blocks_at."""
     import torch.distributed as dist
 
     rank, world = distributed()
@@ -274,15 +356,15 @@ def train(p: PretrainParams, model, train_blocks, val_blocks, masking, ckpt: Pat
     )
     info = load_checkpoint(ckpt, model, opt, sched, fp) if p.checkpoint_every else None
     start, curve = (info["step"], info["curve"]) if info else (0, [])
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    loss_fn = TokenLoss(model, causal)
+    ddp = torch.nn.parallel.DistributedDataParallel(loss_fn) if world > 1 else loss_fn
     t0, tokens, pending = time.perf_counter(), 0, []
     for step in range(start, p.max_steps):
         micro_batches = []
         for micro in range(p.grad_accum):  # the global batch of this step and its targets, on every rank
             k = step * p.grad_accum + micro
-            inputs, labels = make_batch(train_blocks[batch_indices(len(train_blocks), p.batch_size, k, p.seed)],
-                                        masking, k)  # fmt: skip
-            micro_batches.append((inputs, labels))  # (B, T) each
+            blocks = blocks_at(train_blocks, batch_indices(len(train_blocks), p.batch_size, k, p.seed))  # (B, T)
+            micro_batches.append(make_batch(blocks, masking, k))  # (inputs, labels), (B, T) each
         n_targets = max(1, sum(count_targets(labels, causal) for _, labels in micro_batches))
         step_loss = torch.zeros((), device=dev)
         for micro, (inputs, labels) in enumerate(micro_batches):
@@ -290,7 +372,7 @@ def train(p: PretrainParams, model, train_blocks, val_blocks, masking, ckpt: Pat
             x, y = inputs[rows].to(dev), labels[rows].to(dev)  # (B / world, T)
             sync = world == 1 or micro == p.grad_accum - 1  # DDP all-reduces gradients on the last micro-batch only
             with contextlib.nullcontext() if sync else ddp.no_sync(), autocast(dev):
-                loss = token_loss(ddp, x, y, causal) / n_targets  # this rank's part of the global token mean
+                loss = ddp(x, y) / n_targets  # this rank's part of the global token mean
             (loss * world).backward()  # DDP averages over ranks: x world makes it the sum, i.e. the global mean
             step_loss += loss.detach()
             tokens += x.numel() * world
@@ -346,10 +428,11 @@ def run(
     seed_everything(p.seed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     ds = load_from_disk(str(blocks))
-    train_blocks = torch.tensor(ds["train"]["input_ids"], dtype=torch.long)  # (N, T)
+    train_blocks = ds["train"].select_columns(["input_ids"]).with_format("torch")  # N rows, read batch by batch
+    block_size = len(train_blocks[0]["input_ids"])
     val_blocks = torch.tensor(ds["validation"]["input_ids"], dtype=torch.long)
     masking = masking_for(p.objective, tokenizer, p.mlm_probability, p.seed)
-    model = load_model(p, tokenizer, train_blocks.shape[1])
+    model = load_model(p, tokenizer, block_size)
     fp = fingerprint(dataclasses.asdict(p), blocks, tokenizer_dir)
     curve, seconds, tokens = train(p, model, train_blocks, val_blocks, masking, ckpt, fp)
     rank, world = distributed()
@@ -365,7 +448,7 @@ def run(
         "val_perplexity": round(math.exp(val_loss), 2),  # masked: a pseudo-perplexity
         "train_loss": round(sum(r["train_loss"] for r in last) / len(last), 4),  # mean of the last eval_every steps
         "steps": p.max_steps,
-        "tokens_seen": p.max_steps * p.grad_accum * p.batch_size * train_blocks.shape[1],
+        "tokens_seen": p.max_steps * p.grad_accum * p.batch_size * block_size,
         "epochs": round(p.max_steps * p.grad_accum * p.batch_size / len(train_blocks), 3),
         "params": total,
         "processes": world,

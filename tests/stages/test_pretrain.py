@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from stages.ingest import read_raw
-from stages.pretrain import Masking, mask_tokens
+from stages.pretrain import LinearCrossEntropy, Masking, blocks_at, mask_tokens, token_loss
 from stages.tokenize import pack, train_tokenizer
 from stages.training import batch_indices, warmup_cosine
 
@@ -53,6 +53,56 @@ def test_masking_is_berts_80_10_10_and_a_function_of_the_seed():
     again = mask_tokens(x, m, torch.Generator().manual_seed(7))
     other = mask_tokens(x, m, torch.Generator().manual_seed(8))
     assert torch.equal(again[0], inputs) and torch.equal(again[1], labels) and not torch.equal(other[1], labels)
+
+
+def test_batches_read_from_the_arrow_files_are_the_in_memory_ones(tmp_path):
+    blocks = torch.randint(0, 300, (50, 16))  # (N, T)
+    Dataset.from_dict({"input_ids": blocks.tolist(), "other": list(range(50))}).save_to_disk(tmp_path / "b")
+    mapped = Dataset.load_from_disk(tmp_path / "b").select_columns(["input_ids"]).with_format("torch")
+    for step in range(8):
+        indices = batch_indices(50, 8, step, seed=1)
+        assert torch.equal(blocks_at(mapped, indices), blocks_at(blocks, indices))
+        assert blocks_at(mapped, indices).dtype == torch.long
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_head_matches_logits_then_cross_entropy(monkeypatch, bias):
+    monkeypatch.setattr("stages.pretrain.HEAD_ROWS", 16)  # 50 rows: three full chunks and a partial one
+    torch.manual_seed(0)
+    h, w, y = torch.randn(50, 8), torch.randn(40, 8), torch.randint(40, (50,))  # (N, C), (V, C), (N,)
+    b = torch.randn(40) if bias else None
+    grads = []
+    for fused in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (h, w) + ((b,) if bias else ())]
+        hh, ww, bb = (*leaves, None)[:3]
+        if fused:
+            loss = LinearCrossEntropy.apply(hh, ww, bb, y, True)
+        else:
+            loss = torch.nn.functional.cross_entropy(torch.nn.functional.linear(hh, ww, bb), y, reduction="sum")
+        (3 * loss).backward()  # an outer factor, as the loop's division by the token count
+        grads.append([loss.detach()] + [t.grad for t in leaves])
+    for ref, ours in zip(*grads, strict=True):
+        assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # validation: the loss alone, no gradients computed
+        assert LinearCrossEntropy.apply(h, w, b, y, False).item() == pytest.approx(grads[0][0].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["causal", "masked"])
+def test_token_loss_of_the_fused_head_matches_the_models_logits(monkeypatch, objective):
+    from bench.pretrain import Vocab
+    from stages.common import load_params
+    from stages.pretrain import PretrainParams, build_model, make_batch, masking_for
+
+    p = dataclasses.replace(load_params("pretrain", PretrainParams), objective=objective, n_layer=1, n_embd=32,
+                            n_head=2)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(p, Vocab(300), 16)
+    masking = masking_for(objective, Vocab(300), 0.15, 0)
+    inputs, labels = make_batch(torch.randint(3, 300, (4, 16)), masking, 0)
+    fused = token_loss(model, inputs, labels, masking is None)
+    monkeypatch.setattr("stages.pretrain.split_head", lambda model: None)  # the plain path through the logits
+    plain = token_loss(model, inputs, labels, masking is None)
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-5)
 
 
 @pytest.fixture(scope="module")
