@@ -25,8 +25,9 @@ def test_tiny_run_writes_the_report(tmp_path):
     assert abs(report["overhead_vs_datatrove"] - expected) < 1e-3
     assert report["overhead_target"] == 0.1
     assert one["datatrove_seconds"] < one["seconds"] and report["overhead_in_process"] > 0
-    parent = report["parent_peak_memory_mb"]  # the floor of every child's peak: the corpus never enters it
-    assert 0 < parent["start"] <= parent["end"] < min(one["peak_memory_mb"], two["peak_memory_mb"])
+    parent = report["parent_peak_memory_mb"]  # the corpus never enters it (under pytest it starts at pytest's peak)
+    assert 0 < parent["start"] <= parent["end"] < parent["start"] + 30
+    assert all(0 < row[k] < row["peak_memory_mb"] for row in (one, two) for k in ("peak_anon_mb", "peak_file_mb"))
 
 
 def test_build_streams_the_same_corpus_replicate_makes(tmp_path):

@@ -21,6 +21,7 @@ def test_tiny_run_reports_each_pipeline_at_each_size(tmp_path):
         row = report["sizes"][size]
         assert row["documents"] == docs and list(row["pipelines"]) == names
         assert all(r["peak_memory_mb"] > 50 and r["seconds"] > 0 for r in row["pipelines"].values())
+        assert all(0 < r["peak_anon_mb"] < r["peak_memory_mb"] for r in row["pipelines"].values())
     one, two = report["sizes"]["1x"]["pipelines"], report["sizes"]["2x"]["pipelines"]
     growth = report["peak_memory_growth_2x"]
     assert set(growth) == set(names)

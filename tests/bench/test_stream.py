@@ -17,6 +17,7 @@ def test_tiny_run_reports_every_stage_at_each_size(tmp_path):
     for row in (one, two):
         assert list(row["stages"]) == ["ingest", "clean", "tokenize", "pretrain"]
         assert all(s["peak_memory_mb"] > 50 and s["seconds"] > 0 for s in row["stages"].values())
+        assert all(0 < s["peak_anon_mb"] < s["peak_memory_mb"] for s in row["stages"].values())  # own memory apart
         assert row["stages"]["ingest"]["corpus_documents"] == row["documents"]
     # the copies are edited enough that clean keeps them: every later stage sees twice the text
     assert two["stages"]["clean"]["documents_out"] == 2 * one["stages"]["clean"]["documents_out"]
@@ -24,4 +25,5 @@ def test_tiny_run_reports_every_stage_at_each_size(tmp_path):
     growth = report["peak_memory_growth"]
     assert all(abs(growth[k] - two["stages"][k]["peak_memory_mb"] / one["stages"][k]["peak_memory_mb"]) < 1e-3
                for k in growth)  # fmt: skip
-    assert report["parent_peak_memory_mb"]["end"] < min(s["peak_memory_mb"] for s in one["stages"].values())
+    parent = report["parent_peak_memory_mb"]  # the corpus never enters it (under pytest it starts at pytest's peak)
+    assert parent["end"] - parent["start"] < 30
