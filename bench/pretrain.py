@@ -13,10 +13,10 @@ In one run, on the same machine, threads and moment:
   trainer  transformers.Trainer on the identical model (same config, same seeded init), the same blocks, micro-batch
            size, accumulation, learning rate, schedule, clipping and AdamW betas; no evaluation, saving or logging
 Each is timed end to end (setup included, as a user waits for it; Trainer's own train_runtime, its loop alone, is
-reported beside it as speedup_vs_trainer_loop), alternating ours and trainer `repeats` times after one untimed warm-
-up step each; the best counts. 20 steps a run (the stage runs 250): at 5, the setup both pay once weighed more than
-the loops (ours 1.065x Trainer at 5 steps against 1.10x at 20, on the same code). tokens/s = steps x batch_size x
-grad_accum x block_size / seconds. MFU = tokens/s x FLOP per token / peak, with FLOP per token = 6 N + 12 L T d
+reported beside it as speedup_vs_trainer_loop), alternating ours and trainer `repeats` times after one untimed
+warm-up step each; the best counts. 20 steps a run (the stage runs 250): at 5, the setup both pay once weighed more
+than the loops (ours 1.065x Trainer at 5 steps against 1.10x at 20, on the same code). tokens/s = steps x batch_size
+x grad_accum x block_size / seconds. MFU = tokens/s x FLOP per token / peak, with FLOP per token = 6 N + 12 L T d
 (PaLM's appendix B): N the weights that multiply (every matrix but the position embeddings; the token embedding
 counts once, as the tied output layer), L layers, T block_size, d width (attention's scores and values, forward and
 backward).
