@@ -160,7 +160,8 @@ def mask_tokens(x: torch.Tensor, m: Masking, g: torch.Generator) -> tuple[torch.
 
 def make_batch(x: torch.Tensor, masking: Masking | None, step: int, stream: int = 0):
     """(inputs, labels) of blocks x (B, T): for causal the labels are the inputs (shifted in token_loss); for masked
-    the masks of micro-batch `step` of `stream` (0 train, 1 validation), seeded apart from torch's global RNG."""
+    the masks of training micro-batch `step` (stream 0) or of validation block `step` (stream 1), seeded apart from
+    torch's global RNG."""
     if masking is None:
         return x, x
     return mask_tokens(x, masking, torch.Generator().manual_seed((masking.seed * 1_000_003 + step) * 2 + stream))
@@ -314,19 +315,26 @@ def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
 
 
-@torch.no_grad()
-def lm_loss(model, blocks: torch.Tensor, batch_size: int, dev, max_batches: int | None = None, masking=None) -> float:
-    """Mean loss per predicted token over `blocks` (N, T): next-token (masking None) or masked-token.
+def validation_batch(x: torch.Tensor, masking: Masking | None, first: int):
+    """(inputs, labels) of validation blocks x (B, T), rows first..first+B-1 of the split: for masked LM each block's
+    mask is drawn from its own seed (its row number), so it depends neither on the batch size nor on the step."""
+    if masking is None:
+        return x, x
+    rows = [make_batch(x[r : r + 1], masking, first + r, stream=1) for r in range(len(x))]
+    return torch.cat([i for i, _ in rows]), torch.cat([label for _, label in rows])
 
-    The validation masks are drawn once for all of `blocks`, so they depend neither on the batch size nor on the step.
-    """
+
+@torch.no_grad()
+def lm_loss(model, blocks, batch_size: int, dev, max_batches: int | None = None, masking=None) -> float:
+    """Mean loss per predicted token over `blocks` (N, T), next-token (masking None) or masked-token, read batch by
+    batch: a tensor, or a Dataset of input_ids read from its memory-mapped Arrow files (see blocks_at)."""
     model.eval()
     total, n = 0.0, 0
-    all_inputs, all_labels = make_batch(blocks, masking, 0, stream=1)  # (N, T) each
     for i, start in enumerate(range(0, len(blocks), batch_size)):
         if max_batches is not None and i >= max_batches:
             break
-        inputs, labels = all_inputs[start : start + batch_size], all_labels[start : start + batch_size]
+        x = blocks_at(blocks, list(range(start, min(start + batch_size, len(blocks)))))
+        inputs, labels = validation_batch(x, masking, start)
         with autocast(dev):
             total += token_loss(model, inputs.to(dev), labels.to(dev), masking is None).item()
         n += count_targets(labels, masking is None)
@@ -430,7 +438,7 @@ def run(
     ds = load_from_disk(str(blocks))
     train_blocks = ds["train"].select_columns(["input_ids"]).with_format("torch")  # N rows, read batch by batch
     block_size = len(train_blocks[0]["input_ids"])
-    val_blocks = torch.tensor(ds["validation"]["input_ids"], dtype=torch.long)
+    val_blocks = ds["validation"].select_columns(["input_ids"]).with_format("torch")
     masking = masking_for(p.objective, tokenizer, p.mlm_probability, p.seed)
     model = load_model(p, tokenizer, block_size)
     fp = fingerprint(dataclasses.asdict(p), blocks, tokenizer_dir)

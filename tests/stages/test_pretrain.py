@@ -205,3 +205,26 @@ def test_masked_objective_trains_a_bert_and_reports_its_pseudo_perplexity(blocks
     shown = subprocess.run([dvc, "plots", "show", "--json"], cwd=repo, capture_output=True, text=True, check=True)
     rows = json.loads(shown.stdout)["data"]["pretrain_loss"][0]["content"]["data"]["values"]
     assert {r["filename"] for r in rows} == {"train/loss.tsv", "val/loss.tsv"} and len(rows) == 30 + 3
+
+
+@pytest.mark.parametrize("objective", ["causal", "masked"])
+def test_validation_loss_reads_arrow_batches_and_its_masks_ignore_the_batch_size(tmp_path, objective):
+    """lm_loss reads the validation split batch by batch from the memory-mapped Arrow files, as from a tensor; each
+    validation block's mask has its own seed, so the loss is the same at any batch size."""
+    from bench.pretrain import Vocab
+    from stages.common import load_params
+    from stages.pretrain import PretrainParams, build_model, lm_loss, masking_for
+
+    p = dataclasses.replace(load_params("pretrain", PretrainParams), objective=objective, n_layer=1, n_embd=32,
+                            n_head=2)  # fmt: skip
+    torch.manual_seed(0)
+    model, blocks = build_model(p, Vocab(300), 16), torch.randint(3, 300, (10, 16))
+    Dataset.from_dict({"input_ids": blocks.tolist()}).save_to_disk(tmp_path / "val")
+    mapped = Dataset.load_from_disk(tmp_path / "val").with_format("torch")
+    masking, cpu = masking_for(objective, Vocab(300), 0.15, 0), torch.device("cpu")
+    losses = [lm_loss(model, b, size, cpu, masking=masking) for b in (blocks, mapped) for size in (3, 4, 10)]
+    assert losses == pytest.approx([losses[0]] * 6, rel=1e-5) and losses[0] > 0
+    # the first batches only, as validation during training reads them: rows 0..3 of 10
+    assert lm_loss(model, mapped, 4, cpu, 1, masking) == pytest.approx(
+        lm_loss(model, blocks[:4], 4, cpu, None, masking)
+    )
