@@ -28,14 +28,13 @@ import platform
 import random
 import resource
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.memory import peaks
+from bench.memory import peaks, run_child
 from stages.common import load_params, write_json
 
 INGEST = Path("data/1_ingest/corpus")
@@ -108,15 +107,10 @@ def child(kind: str, src: Path, work: Path) -> None:
 def measure(kind: str, src: Path, work: Path, extra: tuple = ()) -> dict:
     """{seconds, peak_memory_mb (the child's peak RSS), and datatrove_seconds for a stage run} of one child run."""
     cmd = [sys.executable, "-m", "bench.clean", "--child", kind, "--src", str(src), "--work", str(work), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"bench.clean: {' '.join(cmd)} failed ({status})")
-    result = json.loads(out.splitlines()[-1])
+    result, peak = run_child(cmd)
     if "seconds" not in result:  # a build
         return result
-    return {**result, "seconds": round(result["seconds"], 2), "peak_memory_mb": usage.ru_maxrss // 1024}
+    return {**result, "seconds": round(result["seconds"], 2), "peak_memory_mb": peak}
 
 
 def build_in_child(base_docs: int, times: int, dst: Path) -> dict:

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.clean import build_in_child
-from bench.memory import peaks
+from bench.memory import peaks, run_child
 from stages.common import load_params, write_json
 
 REPORT = Path("reports/bench/clean_memory.json")
@@ -48,12 +47,8 @@ def child(index: int, src: Path, work: Path) -> None:
 def measure(index: int, src: Path, work: Path) -> dict:
     """{name, seconds, peak_memory_mb} of one pipeline run in a fresh process."""
     cmd = [sys.executable, "-m", "bench.clean_memory", "--child", str(index), "--src", str(src), "--work", str(work)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"bench.clean_memory: {shlex.join(cmd)} failed ({status})")
-    return {**json.loads(out.splitlines()[-1]), "peak_memory_mb": usage.ru_maxrss // 1024}
+    result, peak = run_child(cmd)
+    return {**result, "peak_memory_mb": peak}
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -9,6 +9,11 @@ streaming or not; the anonymous peak is the one that says whether a stage holds 
     p -> {"peak_anon_mb": 279, "peak_file_mb": 90}   # sampled every 50 ms; {} where /proc is absent (not Linux)
 """
 
+import json
+import os
+import shlex
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,3 +51,16 @@ def peaks(every: float = 0.05) -> Iterator[dict[str, int]]:
         stop.set()
         sampler.join()
         out.update({f"peak_{k.removeprefix('Rss').lower()}_mb": v for k, v in raw.items()})
+
+
+def run_child(cmd: list[str], env: dict | None = None) -> tuple[dict, int]:
+    """(the JSON of a child process's last stdout line, its peak RSS in MB); a failed child stops the bench with the
+    end of its stderr (kept in a file, not a pipe: datatrove logs more than a pipe holds)."""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0:
+            err.seek(0)
+            raise SystemExit(f"{shlex.join(cmd)} failed ({status}):\n{err.read()[-3000:]}")
+    return json.loads(out.splitlines()[-1]), usage.ru_maxrss // 1024

@@ -24,14 +24,13 @@ import os
 import random
 import resource
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.memory import peaks
+from bench.memory import peaks, run_child
 from stages.common import load_params, write_json
 
 REPORT = Path("reports/bench/stream.json")
@@ -156,18 +155,6 @@ def main(argv: list[str] | None = None) -> dict | None:
     }
     write_json(report, args.out)
     return report
-
-
-def run_child(cmd: list[str], env: dict) -> tuple[dict, int]:
-    """(the child's result, its peak RSS in MB); a failed child stops the bench with its stderr's end."""
-    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: datatrove logs more than a pipe holds
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        if status != 0:
-            err.seek(0)
-            raise SystemExit(f"bench.stream: {shlex.join(cmd)} failed ({status}):\n{err.read()[-3000:]}")
-    return json.loads(out.splitlines()[-1]), usage.ru_maxrss // 1024
 
 
 if __name__ == "__main__":

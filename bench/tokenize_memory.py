@@ -17,7 +17,6 @@ the last.
 
 import argparse
 import json
-import os
 import resource
 import shlex
 import subprocess
@@ -27,7 +26,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.memory import peaks
+from bench.memory import peaks, run_child
 from stages.common import write_json
 
 CORPUS = Path("data/2_clean/corpus")
@@ -51,12 +50,8 @@ def measure(corpus: Path, task: Path, out: Path) -> dict:
     """{seconds, blocks, peak_*_mb} of one run of the stage in a fresh process."""
     cmd = [sys.executable, "-m", "bench.tokenize_memory", "--child", str(out), "--corpus", str(corpus)]
     cmd += ["--task", str(task)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    stdout = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"bench.tokenize_memory: {shlex.join(cmd)} failed ({status})")
-    return {**json.loads(stdout.splitlines()[-1]), "peak_memory_mb": usage.ru_maxrss // 1024}
+    result, peak = run_child(cmd)
+    return {**result, "peak_memory_mb": peak}
 
 
 def replicate(corpus: Path, n: int, dest: Path) -> None:
