@@ -3,12 +3,15 @@
 Reads  data/1_ingest/task (split train)   text, label, book, chapter, verse
        models/5_translate/{en-es,es-en}    the translators of the translate stage (augment.translators: pipeline),
                                            or any two seq2seq checkpoints by hub name or local path
+       models/4_pretrain                   the pre-trained causal LM that scores fluency (augment.fluency_model:
+                                           pipeline), or any causal LM by hub name or local path
        cache/translations/                 translations of earlier runs (not a DVC output: DVC deletes those)
 Writes data/6_augment                      Dataset (save_to_disk): text (the paraphrase), label (the source's, same
                                            ClassLabel), source_text, book, chapter, verse; may be empty
        data/6_augment/samples.jsonl        kept pairs and dropped ones per reason, for inspection
        data/6_augment/meta.json
-       metrics/augment.json                sources, generated, kept, drops per reason, sentences per second;
+       metrics/augment.json                sources, generated, kept, drops per reason, median perplexities of
+                                           sources, kept and dropped paraphrases, sentences per second;
                                            {"skipped": reason, ...} when translate made no translators (no
                                            parallel corpus) and augment.translators is `pipeline`
 
@@ -17,8 +20,13 @@ Writes data/6_augment                      Dataset (save_to_disk): text (the par
 Each verse is translated to Spanish (beam search: the best pivot), then back to English `num_paraphrases` times by
 sampling (top-k, top-p, temperature; seeded, so a rerun repeats); other decoding settings (no_repeat_ngram_size)
 come from the translators' generation_config. A paraphrase passes the filters of FILTERS in order, each answering
-None (keep) or the reason to drop it, then a duplicate check. `sentences_per_second` counts English paraphrases
-generated (not read from the cache) per second of generation (both passes).
+None (keep) or the reason to drop it, then a duplicate check, then at most `keep_per_verse` of a verse's survivors
+are kept, the most fluent: sample several, keep the best (over-generate and rerank). Fluency is the paraphrase's
+perplexity under a causal language model (`fluency_model`; by default the pretrain stage's, which has read the
+domain's English) divided by its source verse's, so a long or rare-worded verse is not held against its
+paraphrases; above `max_perplexity_ratio` it is `not_fluent`. A masked pretrain model has no perplexity: fluency
+is then skipped, and metrics/augment.json says so. `sentences_per_second` counts English paraphrases generated
+(not read from the cache) per second of generation (both passes).
 
 Translators: `pipeline` runs the translate stage's models on the CPU, as always; checkpoints named in
 `augment.translators` (MarianMT, NLLB, M2M100, T5) run on the GPU when there is one (bf16 autocast). Each pass
@@ -30,9 +38,12 @@ pivot list and are reused only all together (the pivot pass, deterministic, is r
 
 import dataclasses
 import hashlib
+import itertools
 import json
+import math
 import os
 import re
+import statistics
 import time
 import warnings
 from collections import Counter, defaultdict
@@ -46,6 +57,7 @@ from stages.common import atomic_dir, covered_by_deps, fail, is_local, load_para
 
 TASK = Path("data/1_ingest/task")
 MODELS = Path("models/5_translate")
+PRETRAIN = Path("models/4_pretrain")  # augment.fluency_model: pipeline
 OUT = Path("data/6_augment")
 METRICS = Path("metrics/augment.json")
 CACHE = Path("cache/translations")
@@ -87,6 +99,10 @@ class AugmentParams:
     min_chrf: float  # chrF to the source below this: too_different (meaning lost)
     max_chrf: float  # ... above this: too_similar (adds nothing)
     samples: int  # kept pairs in samples.jsonl, and dropped pairs per reason
+    drop_repetitive: bool = False  # repetition_filter on
+    keep_per_verse: int = 0  # of a verse's paraphrases that pass, at most this many, the most fluent; 0 = all
+    fluency_model: str | None = None  # causal LM scoring fluency: "pipeline" = models/4_pretrain, a name/folder, None
+    max_perplexity_ratio: float = 0.0  # paraphrase perplexity / source perplexity above this: not_fluent; 0 = off
     translators: str | Translators = "pipeline"  # "pipeline" = models/5_translate, else {en_es: .., es_en: ..}
 
     def validate(self):
@@ -105,6 +121,11 @@ class AugmentParams:
             yield "min_chrf/max_chrf: need 0 <= min_chrf < max_chrf <= 100"
         if not 0 <= self.min_stopword_ratio <= 1:
             yield f"min_stopword_ratio: must be in [0, 1], got {self.min_stopword_ratio}"
+        if self.keep_per_verse < 0:
+            yield f"keep_per_verse: must be >= 0 (0 = all), got {self.keep_per_verse}"
+        if self.max_perplexity_ratio < 0 or (self.max_perplexity_ratio and not self.fluency_model):
+            yield (f"max_perplexity_ratio: must be >= 0 (0 = off) and needs a fluency_model, got "
+                   f"{self.max_perplexity_ratio} with fluency_model {self.fluency_model!r}")  # fmt: skip
 
 
 # --- filters: a candidate {text, source_text, chrf} -> None (keep) or a reason (drop) ---------------------------
@@ -134,19 +155,43 @@ def language_filter(c: dict, p: AugmentParams) -> str | None:
     return "not_english" if sum(w in STOPWORDS for w in ws) / max(1, len(ws)) < p.min_stopword_ratio else None
 
 
+def repetition_filter(c: dict, p: AugmentParams) -> str | None:
+    """A loop the source does not have: a word said twice in a row ("the dead dead"), or a word pair with a content
+    word said more often than in the source ("the dead, the dead"). "Holy, holy, holy" passes when the source has it.
+    """
+    if not p.drop_repetitive:
+        return None
+    ws, src = words(c["text"]), words(c["source_text"])
+    pairs, src_pairs = Counter(itertools.pairwise(ws)), Counter(itertools.pairwise(src))
+    if sum(n for (a, b), n in pairs.items() if a == b) > sum(n for (a, b), n in src_pairs.items() if a == b):
+        return "repetitive"
+    looped = any(n > 1 and n > src_pairs[pair] and not set(pair) <= STOPWORDS for pair, n in pairs.items())
+    return "repetitive" if looped else None
+
+
 def similarity_filter(c: dict, p: AugmentParams) -> str | None:
     """chrF (0-100) to the source outside [min_chrf, max_chrf]."""
     return "too_different" if c["chrf"] < p.min_chrf else "too_similar" if c["chrf"] > p.max_chrf else None
 
 
-FILTERS = [identical_filter, length_filter, language_filter, similarity_filter]
+def fluency_filter(c: dict, p: AugmentParams) -> str | None:
+    """Perplexity under the fluency model, relative to the source's (`perplexity_ratio`, None when fluency is off),
+    above max_perplexity_ratio: garbled English the other filters let through ("of your servants of the sky, by the
+    birds of the earth, according to the flesh of the heavens")."""
+    ratio = c.get("perplexity_ratio")
+    return "not_fluent" if p.max_perplexity_ratio and ratio is not None and ratio > p.max_perplexity_ratio else None
+
+
+FILTERS = [identical_filter, length_filter, language_filter, repetition_filter, similarity_filter, fluency_filter]
 
 
 def quality_gate(candidates: list[dict], p: AugmentParams) -> tuple[list[dict], list[tuple[str, dict]]]:
     """(kept, dropped): each candidate through FILTERS in order, then dropped as `duplicate` if an earlier kept
-    paraphrase has the same words. dropped holds (reason, candidate) pairs.
+    paraphrase has the same words, then as `surplus` beyond the keep_per_verse most fluent (lowest
+    perplexity_ratio; in generation order when fluency is off) of its source verse. dropped holds (reason, candidate)
+    pairs; kept stays in candidate order.
     """
-    kept, dropped, seen = [], [], set()
+    passed, dropped, seen = [], [], set()
     for c in candidates:
         reason = next((r for f in FILTERS if (r := f(c, p))), None)
         if reason is None:
@@ -156,8 +201,16 @@ def quality_gate(candidates: list[dict], p: AugmentParams) -> tuple[list[dict], 
         if reason:
             dropped.append((reason, c))
         else:
-            kept.append(c)
-    return kept, dropped
+            passed.append(c)
+    if not p.keep_per_verse:
+        return passed, dropped
+    by_verse = defaultdict(list)
+    for i, c in enumerate(passed):
+        by_verse[c["source_text"]].append(i)
+    rank = lambda i: (passed[i].get("perplexity_ratio") or 0.0, i)  # noqa: E731
+    chosen = {i for idx in by_verse.values() for i in sorted(idx, key=rank)[: p.keep_per_verse]}
+    dropped += [("surplus", c) for i, c in enumerate(passed) if i not in chosen]
+    return [c for i, c in enumerate(passed) if i in chosen], dropped
 
 
 # --- translators ------------------------------------------------------------------------------------------------
@@ -186,12 +239,12 @@ def folder_hash(folder: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def unreachable(where: str, name: str, error: Exception) -> str:
+def unreachable(where: str, name: str, error: Exception, what: str = "translator") -> str:
     """The one paragraph a user sees when a hub checkpoint cannot be loaded."""
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return (
-        f"{where}: cannot load the translator {name!r}: it is not a local folder, and the Hugging Face hub "
+        f"{where}: cannot load the {what} {name!r}: it is not a local folder, and the Hugging Face hub "
         f"{'is switched off (HF_HUB_OFFLINE is set)' if offline else 'could not be reached'} and its cache does "
         f"not hold it (or no such checkpoint exists). Download it where the hub is reachable "
         f"(`hf download {name}`, which fills the cache this machine reads), or save it with save_pretrained and "
@@ -363,6 +416,79 @@ def back_translate(en_es: Loaded, es_en: Loaded, texts: list[str], p: AugmentPar
     )  # fmt: skip
 
 
+# --- fluency: perplexity under a causal language model ---------------------------------------------------------
+
+
+@dataclass
+class Scorer:
+    """A causal LM that scores fluency, or why there is none (`skipped`)."""
+
+    model: object = None
+    tokenizer: object = None
+    identity: str = ""  # as Loaded.identity
+    skipped: str | None = None
+
+
+def load_scorer(p: AugmentParams, pretrain: Path) -> Scorer | None:
+    """augment.fluency_model as a Scorer on the CPU: `pipeline` is the pretrain stage's model, skipped (with the
+    reason) when that is a masked LM, which has no perplexity to score with; None when fluency is off."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not p.fluency_model:
+        return None
+    where = "augment.fluency_model"
+    spec = str(pretrain) if p.fluency_model == "pipeline" else p.fluency_model
+    local = p.fluency_model == "pipeline" or is_local(spec)
+    path = Path(spec).expanduser()
+    if local and not (path / "config.json").exists():
+        run_first = "; run `python -m stages.pretrain` first" if p.fluency_model == "pipeline" else ""
+        fail(f"{where}: {spec}: not a model folder (no config.json){run_first}")
+    source = str(path) if local else spec
+    try:
+        config = AutoConfig.from_pretrained(source)
+        archs = config.architectures or []
+        if any(a.endswith("ForMaskedLM") for a in archs):
+            return Scorer(skipped=f"{spec} is a masked LM ({archs[0]}): no perplexity to score fluency with; "
+                                  f"{where} can name a causal LM instead")  # fmt: skip
+        if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+            raise ValueError(f"its architectures are {archs}, none a causal LM (*ForCausalLM, *LMHeadModel)")
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source)
+    except OSError as e:
+        fail(f"{where}: cannot load {source}: {e}" if local else unreachable(where, spec, e, "fluency model"))
+    except ValueError as e:
+        fail(f"{where}: {spec!r} is not a causal language model: {str(e).splitlines()[0]}")
+    commit = getattr(model.config, "_commit_hash", None) or "unpinned"
+    return Scorer(model.eval(), tokenizer, folder_hash(path) if local else f"hub:{spec}@{commit}")
+
+
+@torch.no_grad()
+def perplexities(scorer: Scorer, texts: list[str], max_length: int, batch_size: int) -> list[float]:
+    """Per-text perplexity under the scorer: exp of the mean next-token loss over the text's tokens and a closing
+    EOS, each text started by BOS (or EOS, GPT-2's BOS); batches of similar length, input order."""
+    tok = scorer.tokenizer
+    eos = tok.eos_token_id
+    bos = tok.bos_token_id if tok.bos_token_id is not None else eos
+    ids = tok(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    seqs = [([bos] if bos is not None else []) + x + ([eos] if eos is not None else []) for x in ids]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = [0.0] * len(seqs)
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        width = max(len(seqs[i]) for i in idx)
+        input_ids = torch.zeros(len(idx), width, dtype=torch.long)
+        mask = torch.zeros(len(idx), width, dtype=torch.long)
+        for row, i in enumerate(idx):
+            input_ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+            mask[row, : len(seqs[i])] = 1
+        logits = scorer.model(input_ids=input_ids, attention_mask=mask).logits.float()  # (B, T, V)
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")
+        nll = (nll * mask[:, 1:]).sum(1) / mask[:, 1:].sum(1).clamp(min=1)  # (B,)
+        for row, i in enumerate(idx):
+            out[i] = math.exp(nll[row].item())
+    return out
+
+
 def chrf_to_source(texts: list[str], sources: list[str]) -> list[float]:
     """Sentence chrF of each text against its source, by the repo's chrf module."""
     import evaluate
@@ -384,7 +510,7 @@ def recorded_params(p: AugmentParams) -> dict:
 
 def run(
     p: AugmentParams, task: Path = TASK, models: Path = MODELS, out: Path = OUT, metrics_path: Path = METRICS,
-    cache: Path | None = CACHE,
+    cache: Path | None = CACHE, pretrain: Path = PRETRAIN,
 ) -> dict:  # fmt: skip
     from datasets import Dataset, Features, Value, load_from_disk
 
@@ -393,6 +519,7 @@ def run(
     if p.translators == "pipeline" and (reason := translate_skipped(models)):
         return skip(f"{reason}, and no augment.translators: no back-translation", p, task, out, metrics_path)
     en_es, es_en = load_translators(p, models)  # first: a missing checkpoint fails before any work
+    scorer = load_scorer(p, pretrain)
     train = load_from_disk(str(task))["train"]
     translations = TranslationCache(cache)
 
@@ -408,7 +535,11 @@ def run(
     scores = chrf_to_source([c["text"] for c in candidates], [c["source_text"] for c in candidates])
     for c, s in zip(candidates, scores, strict=True):
         c["chrf"] = round(s, 2)
+    fluency = score_fluency(scorer, candidates, [r["text"] for r in rows], p)
     kept, dropped = quality_gate(candidates, p)
+    if fluency and not fluency.get("skipped"):
+        fluency["kept_median"] = median_ppl(kept)
+        fluency["dropped_median"] = median_ppl([c for _, c in dropped])
 
     label = train.features["label"]
     columns = ["text", "label", "source_text", "book", "chapter", "verse"]
@@ -421,6 +552,7 @@ def run(
         "kept": len(kept),
         "drops": dict(sorted(Counter(r for r, _ in dropped).items())),
         "kept_per_label": {name: sum(c["label"] == i for c in kept) for i, name in enumerate(label.names)},
+        **({"fluency": fluency} if fluency else {}),
         "translation_cache": translations.counts,  # texts per pass: read from the cache, or translated
         "sentences_per_second": round(
             translations.counts["back"]["misses"] * p.num_paraphrases / max(seconds, 1e-9), 2
@@ -442,6 +574,28 @@ def run(
         write_json(info, tmp / "meta.json")
     write_json(metrics, metrics_path)
     return metrics
+
+
+def score_fluency(scorer: Scorer | None, candidates: list[dict], sources: list[str], p: AugmentParams) -> dict:
+    """Sets each candidate's `perplexity` and `perplexity_ratio` (to its source's) under the scorer; returns the
+    metrics' `fluency` section: the scorer and the sources' median perplexity, or why it was skipped ({} when off)."""
+    if scorer is None:
+        return {}
+    if scorer.skipped:
+        print(f"augment: fluency not scored: {scorer.skipped}")
+        return {"skipped": scorer.skipped}
+    unique = list(dict.fromkeys(sources))
+    ppl = perplexities(scorer, unique + [c["text"] for c in candidates], p.max_length, p.batch_size)
+    source_ppl = dict(zip(unique, ppl[: len(unique)], strict=True))
+    for c, x in zip(candidates, ppl[len(unique) :], strict=True):
+        c["perplexity"] = round(x, 2)
+        c["perplexity_ratio"] = round(x / source_ppl[c["source_text"]], 3)
+    return {"model": scorer.identity, "source_median": round(statistics.median(source_ppl.values()), 2)}
+
+
+def median_ppl(candidates: list[dict]) -> float | None:
+    """Median perplexity of scored candidates (None when there are none)."""
+    return round(statistics.median(c["perplexity"] for c in candidates), 2) if candidates else None
 
 
 def translate_skipped(models: Path) -> str | None:
@@ -467,27 +621,28 @@ def skip(reason: str, p: AugmentParams, task: Path, out: Path, metrics_path: Pat
     return metrics
 
 
-def undeclared_translators(p: AugmentParams, dvc_file: Path = DVC_FILE) -> list[str]:
-    """The local translator folders of augment.translators that no dep of the augment stage in dvc.yaml covers:
-    DVC would not rerun augment when they change. Hub names need no dep: params.yaml pins them by name (and
-    revision)."""
-    if p.translators == "pipeline":
-        return []
-    problems = []
-    for key in ("en_es", "es_en"):
-        spec = getattr(p.translators, key)
-        name = spec if isinstance(spec, str) else spec.model
-        if is_local(name) and not covered_by_deps(name, "augment", dvc_file):
-            problems.append(
-                f"augment.translators.{key}: the local translator {name} is not a dependency of the augment stage; "
-                f"add it to the stage's deps in {dvc_file}, so that DVC reruns augment when the model changes"
-            )
-    return problems
+def undeclared_models(p: AugmentParams, dvc_file: Path = DVC_FILE) -> list[str]:
+    """The local model folders of augment.translators and augment.fluency_model that no dep of the augment stage in
+    dvc.yaml covers: DVC would not rerun augment when they change. Hub names need no dep: params.yaml pins them by
+    name (and revision). `pipeline` needs none either: dvc.yaml lists models/5_translate and models/4_pretrain."""
+    named = {}
+    if p.translators != "pipeline":
+        for key in ("en_es", "es_en"):
+            spec = getattr(p.translators, key)
+            named[f"translators.{key}"] = ("translator", spec if isinstance(spec, str) else spec.model)
+    if p.fluency_model and p.fluency_model != "pipeline":
+        named["fluency_model"] = ("fluency model", p.fluency_model)
+    return [
+        f"augment.{key}: the local {what} {name} is not a dependency of the augment stage; add it to the stage's "
+        f"deps in {dvc_file}, so that DVC reruns augment when the model changes"
+        for key, (what, name) in named.items()
+        if is_local(name) and not covered_by_deps(name, "augment", dvc_file)
+    ]
 
 
 def main() -> None:
     p = load_params("augment", AugmentParams)
-    for problem in undeclared_translators(p):
+    for problem in undeclared_models(p):
         fail(problem)
     print(json.dumps(run(p), indent=2))
 

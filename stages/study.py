@@ -199,6 +199,9 @@ def report(s: dict) -> str:
                       f"{q['bleu_es_en']} es->en, round-trip chrF {q['round_trip_chrf']} ({TRANSLATE_METRICS}); the "
                       f"quality filter kept {q['kept']} of {q['generated']} paraphrases, dropping {drops} "
                       f"({AUGMENT_METRICS}). Kept and dropped pairs: data/6_augment/samples.jsonl."]  # fmt: skip
+            if (fl := q.get("fluency")) and "skipped" not in fl:
+                lines[-1] += (f" Median perplexity under the fluency model: source verses {fl['source_median']}, "
+                              f"kept paraphrases {fl['kept_median']}, dropped {fl['dropped_median']}.")  # fmt: skip
         lines.append("")
     if f := s.get("forgetting"):
         lines += [f"## Forgetting: {s['forgetting_run']} at {s['default_size']} labels per class", "",
@@ -417,7 +420,7 @@ def translation_quality() -> dict | None:
         return {"skipped": skipped}
     return {"bleu_en_es": t["en-es"]["bleu"], "bleu_es_en": t["es-en"]["bleu"],
             "round_trip_chrf": t["round_trip_chrf"], "generated": a["generated"], "kept": a["kept"],
-            "drops": a["drops"]}  # fmt: skip
+            "drops": a["drops"], **({"fluency": a["fluency"]} if "fluency" in a else {})}  # fmt: skip
 
 
 def plot(s: dict, out: Path) -> None:

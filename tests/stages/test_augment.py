@@ -5,6 +5,7 @@ ignored); an unreachable hub name fails with one message naming the params key."
 
 import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 P = A.AugmentParams(
     seed=0, threads=0, num_paraphrases=2, pivot_beams=1, top_k=20, top_p=0.9, temperature=1.0, max_length=24,
     batch_size=16, min_length_ratio=0.5, max_length_ratio=1.6, min_stopword_ratio=0.2, min_chrf=25.0, max_chrf=90.0,
-    samples=3,
+    samples=3, drop_repetitive=True,
 )  # fmt: skip
 LENIENT = dataclasses.replace(P, min_length_ratio=0.0, max_length_ratio=1000.0, min_stopword_ratio=0.0, min_chrf=0.0,
-                              max_chrf=100.0)  # fmt: skip
+                              max_chrf=100.0, drop_repetitive=False)  # fmt: skip
 SOURCE = "Then God said to Noah, “Go out of the ship, you and your wife.”"
 
 
@@ -41,12 +42,45 @@ def cand(text: str, chrf: float = 50.0, source: str = SOURCE) -> dict:
         (SOURCE + " And he said it again and again, and again and again to all of them.", 60.0, "too_long"),
         ("Entonces habló Dios á Noé, diciendo: Sal del arca tú, y tu mujer.", 30.0, "not_english"),
         ("So the LORD spoke unto Noah: leave the ark with thy wife, thou and she.", 12.0, "too_different"),
+        ("Then God said to Noah, “Go out of the ship, the ship, you and your wife.”", 60.0, "repetitive"),
+        ("Then God God said to Noah, “Go out of the ship, you and your wife.”", 60.0, "repetitive"),
         ("Then God said to Noah, “Go out of the ship, you and your own wife.”", 95.0, "too_similar"),
         ("God told Noah, “Leave the ship, you and your wife, and go out.”", 55.0, None),
     ],
 )
 def test_filters_name_the_reason(text, chrf, reason):
     assert next((r for f in A.FILTERS if (r := f(cand(text, chrf), P))), None) == reason
+
+
+def test_repetition_the_source_has_is_no_loop():
+    source = "Holy, holy, holy is the LORD of Armies! The LORD of Armies is holy."
+    assert (
+        A.repetition_filter(cand("Holy, holy, holy is the LORD of Armies, the LORD of Armies!", source=source), P)
+        is None
+    )
+    assert A.repetition_filter(cand("And the king said, and the people said.", source="The king said."), P) is None
+    assert A.repetition_filter(cand("The king said, the king said.", source="The king said."), P) == "repetitive"
+    assert A.repetition_filter(cand("The king said, the king said.", source="The king said."), LENIENT) is None
+
+
+def test_fluency_filter_drops_above_the_ratio_and_is_off_without_scores():
+    p = dataclasses.replace(P, fluency_model="pipeline", max_perplexity_ratio=2.0)
+    assert A.fluency_filter({**cand("x"), "perplexity_ratio": 2.5}, p) == "not_fluent"
+    assert A.fluency_filter({**cand("x"), "perplexity_ratio": 1.9}, p) is None
+    assert A.fluency_filter(cand("x"), p) is None  # not scored (fluency skipped)
+    assert A.fluency_filter({**cand("x"), "perplexity_ratio": 9.0}, P) is None  # max_perplexity_ratio 0: off
+
+
+def test_keep_per_verse_keeps_the_most_fluent_in_candidate_order():
+    texts = ["God told Noah, “Leave the ship.”", "Noah was told to leave the ark with his wife.",
+             "God said to Noah: go out of the boat, you and your wife."]  # fmt: skip
+    cands = [{**cand(t), "perplexity_ratio": r} for t, r in zip(texts, [1.5, 1.1, 1.3], strict=True)]
+    other = {**cand("He went out.", source="Noah went out."), "perplexity_ratio": 1.9}
+    kept, dropped = A.quality_gate([*cands, other], dataclasses.replace(LENIENT, keep_per_verse=2))
+    assert [c["text"] for c in kept] == [texts[1], texts[2], "He went out."]
+    assert dropped == [("surplus", cands[0])]
+    kept_all, _ = A.quality_gate(cands, LENIENT)  # keep_per_verse 0: every survivor
+    assert kept_all == cands
 
 
 def test_quality_gate_drops_duplicates_and_counts_every_candidate():
@@ -210,6 +244,97 @@ def test_unknown_forced_bos_token_names_its_key(tmp_path, inputs, capsys):
 def test_a_local_translator_must_be_a_dep_of_the_stage(tmp_path):
     (tmp_path / "dvc.yaml").write_text("stages:\n  augment:\n    deps: [stages/augment.py, models/opus]\n")
     p = dataclasses.replace(P, translators=A.Translators("models/opus/en-es", "models/other/es-en"))
-    problems = A.undeclared_translators(p, tmp_path / "dvc.yaml")
+    problems = A.undeclared_models(p, tmp_path / "dvc.yaml")
     assert len(problems) == 1 and "augment.translators.es_en" in problems[0]
-    assert A.undeclared_translators(dataclasses.replace(P, translators=A.Translators("a/b", "c/d"))) == []
+    assert A.undeclared_models(dataclasses.replace(P, translators=A.Translators("a/b", "c/d"))) == []
+
+
+@pytest.fixture(scope="module")
+def scorers(inputs, tmp_path_factory) -> tuple[Path, Path]:
+    """(causal, masked): a tiny GPT-2 and a tiny BERT built from configs, saved with the translators' tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+    tmp = tmp_path_factory.mktemp("scorers")
+    tok = AutoTokenizer.from_pretrained(inputs[1] / "es-en")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=16, n_head=2, n_positions=64)).save_pretrained(
+        tmp / "causal"
+    )
+    BertForMaskedLM(
+        BertConfig(
+            vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+    ).save_pretrained(tmp / "masked")
+    for name in ("causal", "masked"):
+        tok.save_pretrained(tmp / name)
+    return tmp / "causal", tmp / "masked"
+
+
+def test_perplexity_is_the_models_loss_whatever_the_batch(scorers):
+    from transformers import AutoModelForCausalLM
+
+    p = dataclasses.replace(P, fluency_model=str(scorers[0]), max_perplexity_ratio=2.0)
+    scorer = A.load_scorer(p, Path("unused"))
+    texts = [
+        "In the beginning God created the heavens and the earth.",
+        "Jesus wept.",
+        "",
+        "And God said, “Let there be light.”",
+    ]
+    batched = A.perplexities(scorer, texts, max_length=24, batch_size=4)
+    alone = [A.perplexities(scorer, [t], max_length=24, batch_size=1)[0] for t in texts]
+    assert batched == pytest.approx(alone, rel=1e-5)
+    model = AutoModelForCausalLM.from_pretrained(scorers[0])
+    ids = scorer.tokenizer(texts[1], add_special_tokens=False)["input_ids"]
+    eos = scorer.tokenizer.eos_token_id  # no bos: eos opens the text, as GPT-2's does
+    seq = torch.tensor([[eos, *ids, eos]])
+    loss = model(input_ids=seq, labels=seq).loss.item()  # HF's own mean next-token loss
+    assert batched[1] == pytest.approx(torch.exp(torch.tensor(loss)).item(), rel=1e-5)
+
+
+def test_fluency_scored_end_to_end_and_a_masked_model_is_skipped_and_said(tmp_path, inputs, scorers, capsys):
+    from datasets import load_from_disk
+
+    p = dataclasses.replace(
+        LENIENT, num_paraphrases=3, keep_per_verse=2, fluency_model="pipeline", max_perplexity_ratio=1.0
+    )  # fmt: skip  (untrained scorer: every ratio is near 1)
+    metrics = A.run(p, *inputs, tmp_path / "out", tmp_path / "augment.json", cache=None, pretrain=scorers[0])
+    assert metrics["kept"] + sum(metrics["drops"].values()) == metrics["generated"] == 63
+    assert metrics["drops"]["not_fluent"] > 0 and metrics["kept_per_label"]
+    fluency = metrics["fluency"]
+    assert fluency["model"].startswith("sha256:") and fluency["source_median"] > 1
+    samples = [json.loads(line) for line in (tmp_path / "out/samples.jsonl").read_text().splitlines()]
+    kept = [s for s in samples if s["status"] == "kept"]
+    assert kept and all(s["perplexity_ratio"] <= 1.0 for s in kept)
+    assert all(s["perplexity_ratio"] > 1.0 for s in samples if s.get("reason") == "not_fluent")
+    aug = load_from_disk(str(tmp_path / "out"))
+    assert max(Counter(aug["source_text"]).values()) <= 2
+
+    masked = A.run(p, *inputs, tmp_path / "m", tmp_path / "m.json", cache=None, pretrain=scorers[1])
+    assert "masked LM" in masked["fluency"]["skipped"] and "not_fluent" not in masked["drops"]
+    assert "fluency not scored" in capsys.readouterr().out
+
+
+def test_fluency_model_errors_name_the_key(tmp_path, inputs, capsys):
+    p = dataclasses.replace(LENIENT, fluency_model="pipeline", max_perplexity_ratio=2.0)
+    with pytest.raises(SystemExit):
+        A.run(p, *inputs, tmp_path / "out", tmp_path / "a.json", cache=None, pretrain=tmp_path / "no-pretrain")
+    err = capsys.readouterr().err
+    assert "augment.fluency_model" in err and "stages.pretrain" in err and not (tmp_path / "out").exists()
+    bad = dataclasses.replace(p, fluency_model=str(inputs[1] / "es-en"))  # a translator, not a causal LM
+    with pytest.raises(SystemExit):
+        A.run(bad, *inputs, tmp_path / "out", tmp_path / "a.json", cache=None)
+    assert "augment.fluency_model" in capsys.readouterr().err
+    with pytest.raises(Exception, match="needs a fluency_model"):
+        from stages.common import from_dict
+
+        from_dict(A.AugmentParams, {**dataclasses.asdict(P), "max_perplexity_ratio": 2.0}, "augment")
+
+
+def test_a_local_fluency_model_must_be_a_dep_of_the_stage(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages:\n  augment:\n    deps: [stages/augment.py, models/lm]\n")
+    p = dataclasses.replace(P, fluency_model="./models/other-lm")
+    problems = A.undeclared_models(p, tmp_path / "dvc.yaml")
+    assert len(problems) == 1 and "augment.fluency_model" in problems[0] and "./models/other-lm" in problems[0]
+    assert A.undeclared_models(dataclasses.replace(P, fluency_model="./models/lm"), tmp_path / "dvc.yaml") == []
+    assert A.undeclared_models(dataclasses.replace(P, fluency_model="pipeline"), tmp_path / "dvc.yaml") == []
