@@ -213,3 +213,18 @@ def test_every_run_in_params_yaml_is_valid_and_every_method_has_its_section():
     for name, m in METHODS.items():
         if m.knobs is not None:
             assert fields[name] == m.knobs | None, name
+
+
+def test_every_bt_run_is_its_method_plus_the_paraphrases():
+    import yaml
+
+    finetune = yaml.safe_load((ROOT / "params.yaml").read_text())["finetune"]
+    runs = {**finetune["runs"], **finetune["extra_runs"]}
+    pairs = [(name, name[:-3]) for name in runs if name.endswith("_bt")]
+    assert {base for _, base in pairs} >= {"full", "lora", "freeze", "adapter", "ia3", "prompt_tuning",
+                                           "prefix_tuning"}  # fmt: skip
+    for bt, base in pairs:
+        assert runs[bt]["augmented"] and not runs[base]["augmented"], bt
+        assert {k: v for k, v in runs[bt].items() if k != "augmented"} == {
+            k: v for k, v in runs[base].items() if k != "augmented"
+        }, bt
