@@ -30,7 +30,8 @@ def test_quick_run_writes_the_report(tmp_path):
     peak = r["matmul_peak_gflops"] * 1e9
     assert peak == max(r["matmul_gflops_by_n"].values()) * 1e9 > 1e8
     assert len(r["matmul_peak_gflops_each"]) == 2 and r["matmul_peak_gflops"] == max(r["matmul_peak_gflops_each"])
-    assert r["mfu"] == pytest.approx(r["tokens_per_second"] * r["flops_per_token"] / peak, rel=0.01)
+    # mfu is stored to 4 decimals: under load the quick run's tiny MFU (6.7e-4) rounds by more than 1%
+    assert r["mfu"] == pytest.approx(r["tokens_per_second"] * r["flops_per_token"] / peak, rel=0.01, abs=5e-5)
     assert r["meets_targets"] == {"speedup_vs_trainer": r["speedup_vs_trainer"] >= 1.2, "mfu": r["mfu"] >= 0.6}
     assert r["command"] == f"python -m bench.pretrain --quick --out {out}"
     assert abs(datetime.fromisoformat(r["date"]) - datetime.now(UTC)) < timedelta(minutes=5)
