@@ -21,12 +21,12 @@ Each verse is translated to Spanish (beam search: the best pivot), then back to 
 sampling (top-k, top-p, temperature; seeded, so a rerun repeats); other decoding settings (no_repeat_ngram_size)
 come from the translators' generation_config. A paraphrase passes the filters of FILTERS in order, each answering
 None (keep) or the reason to drop it, then a duplicate check, then at most `keep_per_verse` of a verse's survivors
-are kept, the most fluent: sample several, keep the best (over-generate and rerank). Fluency is the paraphrase's
-perplexity under a causal language model (`fluency_model`; by default the pretrain stage's, which has read the
-domain's English) divided by its source verse's, so a long or rare-worded verse is not held against its
-paraphrases; above `max_perplexity_ratio` it is `not_fluent`. A masked pretrain model has no perplexity: fluency
-is then skipped, and metrics/augment.json says so. `sentences_per_second` counts English paraphrases generated
-(not read from the cache) per second of generation (both passes).
+are kept: the most fluent when fluency is scored (sample several, keep the best), else the first sampled. Fluency
+(off by default) is the paraphrase's perplexity under a causal language model (`fluency_model`: `pipeline` = the
+pretrain stage's, or any causal LM) divided by its source verse's, so a long or rare-worded verse is not held
+against its paraphrases; above `max_perplexity_ratio` it is `not_fluent`. A masked pretrain model has no
+perplexity: fluency is then skipped, and metrics/augment.json says so. `sentences_per_second` counts English
+paraphrases generated (not read from the cache) per second of generation (both passes).
 
 Translators: `pipeline` runs the translate stage's models on the CPU, as always; checkpoints named in
 `augment.translators` (MarianMT, NLLB, M2M100, T5) run on the GPU when there is one (bf16 autocast). Each pass
@@ -466,6 +466,8 @@ def load_scorer(p: AugmentParams, pretrain: Path) -> Scorer | None:
 def perplexities(scorer: Scorer, texts: list[str], max_length: int, batch_size: int) -> list[float]:
     """Per-text perplexity under the scorer: exp of the mean next-token loss over the text's tokens and a closing
     EOS, each text started by BOS (or EOS, GPT-2's BOS); batches of similar length, input order."""
+    from stages.training import pad_batch
+
     tok = scorer.tokenizer
     eos = tok.eos_token_id
     bos = tok.bos_token_id if tok.bos_token_id is not None else eos
@@ -475,12 +477,7 @@ def perplexities(scorer: Scorer, texts: list[str], max_length: int, batch_size: 
     out = [0.0] * len(seqs)
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
-        width = max(len(seqs[i]) for i in idx)
-        input_ids = torch.zeros(len(idx), width, dtype=torch.long)
-        mask = torch.zeros(len(idx), width, dtype=torch.long)
-        for row, i in enumerate(idx):
-            input_ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-            mask[row, : len(seqs[i])] = 1
+        input_ids, mask = pad_batch([seqs[i] for i in idx], 0)  # (B, T); pads are masked out of the loss below
         logits = scorer.model(input_ids=input_ids, attention_mask=mask).logits.float()  # (B, T, V)
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")
         nll = (nll * mask[:, 1:]).sum(1) / mask[:, 1:].sum(1).clamp(min=1)  # (B,)
