@@ -12,14 +12,17 @@ In one run, on the same machine, threads and moment:
            validation on a single block) for `steps` optimizer steps
   trainer  transformers.Trainer on the identical model (same config, same seeded init), the same blocks, micro-batch
            size, accumulation, learning rate, schedule, clipping and AdamW betas; no evaluation, saving or logging
-Each is timed end to end (setup included, as a user waits for it; Trainer's own train_runtime, its loop alone, is
-reported beside it as speedup_vs_trainer_loop), alternating ours and trainer `repeats` times after one untimed
-warm-up step each; the best counts. 20 steps a run (the stage runs 250): at 5, the setup both pay once weighed more
-than the loops (ours 1.065x Trainer at 5 steps against 1.10x at 20, on the same code). tokens/s = steps x batch_size
-x grad_accum x block_size / seconds. MFU = tokens/s x FLOP per token / peak, with FLOP per token = 6 N + 12 L T d
-(PaLM's appendix B): N the weights that multiply (every matrix but the position embeddings; the token embedding
-counts once, as the tied output layer), L layers, T block_size, d width (attention's scores and values, forward and
-backward).
+  trainer_reusing  the same Trainer in a process that first calls stages.pretrain.reuse_freed_memory, as ours does:
+           how much of the speedup is the allocator setting and how much the loop (speedup_vs_trainer_reusing_memory)
+Each timed run has a fresh process of its own (`--child`), as a user's run would: ours' process-wide allocator
+setting cannot reach a Trainer run, and each run's page faults and peak RSS are its own. In it, one untimed warm-up
+step, then the timed run end to end (setup included, as a user waits for it; Trainer's own train_runtime, its loop
+alone, is reported beside it as speedup_vs_trainer_loop). The runs alternate `repeats` times; the best counts. 20
+steps a run (the stage runs 250): at 5, the setup both pay once weighed more than the loops. tokens/s = steps x
+batch_size x grad_accum x block_size / seconds. MFU = tokens/s x FLOP per token / peak, with FLOP per token = 6 N +
+12 L T d (PaLM's appendix B): N the weights that multiply (every matrix but the position embeddings; the token
+embedding counts once, as the tied output layer), L layers, T block_size, d width (attention's scores and values,
+forward and backward).
 
 Data: data/3_tokenize/blocks if the tokenize stage has run, else random token ids of tokenize.vocab_size (speed
 does not depend on which tokens). On a shared machine other jobs come and go: many short runs, alternated, best of
@@ -28,7 +31,10 @@ each, catch the quiet moments (the report records the load average at the start)
 
 import argparse
 import dataclasses
+import json
+import math
 import os
+import resource
 import shlex
 import sys
 import tempfile
@@ -38,14 +44,16 @@ from pathlib import Path
 
 import torch
 
+from bench.memory import run_child
 from bench.tokenize import git_revision, machine
 from stages.common import load_params, seed_everything, write_json
-from stages.pretrain import BLOCKS, PretrainParams, build_model, masking_for, train
+from stages.pretrain import BLOCKS, PretrainParams, build_model, masking_for, reuse_freed_memory, train
 from stages.tokenize import TokenizeParams
 
 REPORT = Path("reports/bench/pretrain.json")
 TARGETS = {"speedup_vs_trainer": 1.2, "mfu": 0.6}
 MATMUL_N = (1024, 2048)
+RUNS = ("ours", "trainer", "trainer_reusing")  # each timed run in its own process, alternated
 QUICK = {"n_layer": 2, "n_embd": 64, "n_head": 2, "batch_size": 4}
 
 
@@ -130,40 +138,70 @@ def time_trainer(p: PretrainParams, vocab, blocks: torch.Tensor, tmp: Path) -> t
     return time.perf_counter() - t0, float(out.metrics["train_runtime"])
 
 
-def bench(steps: int, repeats: int, quick: bool) -> dict:
-    host = machine()  # before any work: the load average is the machine's, not ours
+def setup(quick: bool) -> tuple[PretrainParams, int, torch.Tensor, object, str]:
+    """(the bench's pretrain params, block_size, train blocks, vocabulary, where the blocks came from)."""
     tp = load_params("tokenize", TokenizeParams)
     p = load_params("pretrain", PretrainParams)
     p = dataclasses.replace(p, objective="causal", init="scratch", eval_every=10**9, eval_batches=1,
                             checkpoint_every=0, **(QUICK if quick else {}))  # fmt: skip
     block_size = 32 if quick else tp.block_size
     blocks, vocab, source = load_blocks(512 if quick else tp.vocab_size, block_size, 4096, quick)
+    return p, block_size, blocks, vocab, source
+
+
+def child(run: str, steps: int, quick: bool) -> dict:
+    """One timed run in this (fresh) process, after one untimed warm-up step: {seconds, loop (Trainer's
+    train_runtime), page_faults per step}. `run`: ours, trainer, or trainer_reusing (Trainer in a process that
+    reuses freed memory as ours does)."""
+    p, _, blocks, vocab, _ = setup(quick)
     masking = masking_for(p.objective, vocab, p.mlm_probability, p.seed)
+    warm = dataclasses.replace(p, max_steps=1, warmup_steps=1)
+    timed = dataclasses.replace(p, max_steps=steps, warmup_steps=min(p.warmup_steps, steps))
+    with tempfile.TemporaryDirectory() as tmp:
+        if run == "ours":
+            time_ours(warm, vocab, blocks, masking, Path(tmp))
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            seconds, loop = time_ours(timed, vocab, blocks, masking, Path(tmp)), None
+        else:
+            if run == "trainer_reusing":
+                reuse_freed_memory()
+            time_trainer(warm, vocab, blocks, Path(tmp))
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            seconds, loop = time_trainer(timed, vocab, blocks, Path(tmp))
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return {"seconds": seconds, "loop": loop, "page_faults_per_step": faults / steps}
+
+
+def bench(steps: int, repeats: int, quick: bool) -> dict:
+    host = machine()  # before any work: the load average is the machine's, not ours
+    p, block_size, blocks, vocab, source = setup(quick)
     sizes, mm_repeats = ((256, 512), 3) if quick else (MATMUL_N, 10)
     peaks = [matmul_peak(sizes, mm_repeats)]
-    seconds = {"ours": [], "trainer": [], "trainer_loop": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        warm = dataclasses.replace(p, max_steps=1, warmup_steps=1)
-        time_ours(warm, vocab, blocks, masking, Path(tmp))
-        time_trainer(warm, vocab, blocks, Path(tmp))
-        timed = dataclasses.replace(p, max_steps=steps, warmup_steps=min(p.warmup_steps, steps))
-        for _ in range(repeats):
-            seconds["ours"].append(time_ours(timed, vocab, blocks, masking, Path(tmp)))
-            end_to_end, loop = time_trainer(timed, vocab, blocks, Path(tmp))
-            seconds["trainer"].append(end_to_end)
-            seconds["trainer_loop"].append(loop)  # Trainer's train_runtime: its loop without building the Trainer
-            peaks.append(matmul_peak(sizes, mm_repeats))  # between rounds: the peak of the quietest moment
+    seconds = {"ours": [], "trainer": [], "trainer_loop": [], "trainer_reusing": []}
+    faults, rss = {}, {}
+    for _ in range(repeats):
+        for run in RUNS:  # each in a fresh process: ours' allocator setting cannot reach the Trainer's runs
+            cmd = [sys.executable, "-m", "bench.pretrain", "--child", run, "--steps", str(steps)]
+            out, rss_mb = run_child(cmd + (["--quick"] if quick else []))
+            seconds[run].append(out["seconds"])
+            if run == "trainer":
+                seconds["trainer_loop"].append(out["loop"])  # Trainer's train_runtime: its loop alone
+            faults[run] = min(faults.get(run, math.inf), out["page_faults_per_step"])
+            rss[run] = max(rss.get(run, 0), rss_mb)
+        peaks.append(matmul_peak(sizes, mm_repeats))  # between rounds: the peak of the quietest moment
     peak = max(peaks, key=lambda x: x["flops"])
     tokens = steps * p.batch_size * p.grad_accum * block_size
     tps = {k: tokens / min(v) for k, v in seconds.items()}
     fpt, n_matmul = flops_per_token(build_model(p, vocab, block_size), block_size)
-    mfu = {k: v * fpt / peak["flops"] for k, v in tps.items() if k != "trainer_loop"}
+    mfu = {k: v * fpt / peak["flops"] for k, v in tps.items() if k in ("ours", "trainer")}
     speedup = tps["ours"] / tps["trainer"]
     return {
         "tokens_per_second": round(tps["ours"], 1),
         "trainer_tokens_per_second": round(tps["trainer"], 1),
-        "speedup_vs_trainer": round(speedup, 3),  # both timed end to end
+        "speedup_vs_trainer": round(speedup, 3),  # both timed end to end, each in its own process
         "speedup_vs_trainer_loop": round(tps["ours"] / tps["trainer_loop"], 3),  # against Trainer's train_runtime
+        # against Trainer in a process that reuses freed memory as ours does: the loop's share of the speedup
+        "speedup_vs_trainer_reusing_memory": round(tps["ours"] / tps["trainer_reusing"], 3),
         "mfu": round(mfu["ours"], 4),  # fraction of the measured fp32 matmul peak
         "mfu_trainer": round(mfu["trainer"], 4),
         "matmul_peak_gflops": round(peak["flops"] / 1e9, 2),
@@ -175,6 +213,8 @@ def bench(steps: int, repeats: int, quick: bool) -> dict:
             "mfu": mfu["ours"] >= TARGETS["mfu"],
         },  # fmt: skip
         "seconds": {k: [round(x, 5) for x in v] for k, v in seconds.items()},
+        "page_faults_per_step": {k: round(v) for k, v in faults.items()},  # minor faults, fewest of the repeats
+        "peak_rss_mb": rss,  # each run's process, imports and warm-up included
         "steps": steps,
         "repeats": repeats,
         "tokens_per_run": tokens,
@@ -208,11 +248,15 @@ def main(argv: list[str] | None = None) -> None:
         "--repeats", type=int, help="timed runs of each, alternated; the best counts (default 3, quick 1)"
     )
     parser.add_argument("--out", type=Path, default=REPORT, help=f"where the JSON report goes (default {REPORT})")
+    parser.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)  # one timed run; the bench starts these
     args = parser.parse_args(argv)
     steps, repeats = args.steps or (3 if args.quick else 20), args.repeats or (1 if args.quick else 3)
     if steps < 1 or repeats < 1:
         parser.error("--steps and --repeats: must be >= 1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.child:
+        print(json.dumps(child(args.child, steps, args.quick)))
+        return
     report = bench(steps, repeats, args.quick)
     report["command"] = shlex.join(["python", "-m", "bench.pretrain", *argv])
     report["date"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -23,6 +23,14 @@ def test_quick_run_writes_the_report(tmp_path):
         assert r[key] == pytest.approx(r["tokens_per_run"] / min(r["seconds"][seconds]), rel=0.02)
     assert r["speedup_vs_trainer"] == pytest.approx(r["tokens_per_second"] / r["trainer_tokens_per_second"], rel=0.01)
     assert 0 < min(r["seconds"]["trainer_loop"]) <= min(r["seconds"]["trainer"])  # its loop is part of its run
+    assert len(r["seconds"]["trainer_loop"]) == len(r["seconds"]["trainer_reusing"]) == 1  # one each per round
+    assert r["speedup_vs_trainer_reusing_memory"] == pytest.approx(
+        r["tokens_per_run"] / min(r["seconds"]["ours"]) / (r["tokens_per_run"] / min(r["seconds"]["trainer_reusing"])),
+        rel=0.02,
+    )
+    runs = {"ours", "trainer", "trainer_reusing"}  # each in its own process: its faults and peak memory its own
+    assert set(r["page_faults_per_step"]) == set(r["peak_rss_mb"]) == runs
+    assert all(r["peak_rss_mb"][k] > 100 for k in runs)  # torch and transformers alone take more
 
     # 6 N + 12 L T d, with N the 2 layers' 12 d^2 weight matrices plus the tied 512 x 64 output layer
     n = 2 * 12 * 64 * 64 + 512 * 64
