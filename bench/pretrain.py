@@ -245,12 +245,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a 2-layer, 64-dim model, 3 steps, once (for tests)")
     parser.add_argument("--steps", type=int, help="optimizer steps per timed run (default 20, quick 3)")
     parser.add_argument(
-        "--repeats", type=int, help="timed runs of each, alternated; the best counts (default 3, quick 1)"
+        "--repeats", type=int, help="timed runs of each, alternated; the best counts (default 5, quick 1)"
     )
     parser.add_argument("--out", type=Path, default=REPORT, help=f"where the JSON report goes (default {REPORT})")
     parser.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)  # one timed run; the bench starts these
     args = parser.parse_args(argv)
-    steps, repeats = args.steps or (3 if args.quick else 20), args.repeats or (1 if args.quick else 3)
+    steps, repeats = args.steps or (3 if args.quick else 20), args.repeats or (1 if args.quick else 5)
     if steps < 1 or repeats < 1:
         parser.error("--steps and --repeats: must be >= 1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
