@@ -134,7 +134,7 @@ def attention(b: int, h: int, t: int, d: int, repeats: int) -> dict:
 def bench(repeats: int, quick: bool) -> dict:
     host = machine()
     p, block_size, _ = shapes(quick)
-    steps, rounds = (2, 1) if quick else (8, 3)
+    steps, rounds = (2, 1) if quick else (8, 6)
     step = {"default": [], "reuse": []}
     for _ in range(rounds):  # alternated: a shared machine's speed drifts
         for mode in step:
