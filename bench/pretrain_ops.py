@@ -6,16 +6,16 @@ alternative, on the default config's shapes.
 
   step       one training step as stages.pretrain.train takes it (token_loss with the fused head, clipping, fused
              AdamW) on batch_size random blocks, in a fresh process with and without reuse_freed_memory (the
-             setting is process-wide): seconds and minor page faults per step, after 2 untimed steps
+             setting is process-wide): mean seconds and minor page faults per step over `steps` steps, after 2
+             untimed ones; the best of the alternated processes
   gelu       the tanh GELU the model runs (F.gelu(approximate="tanh"), GPT-2's formula) against the exact erf
              GELU, forward and backward, on the MLP's hidden (batch_size x block_size, 4 n_embd)
   attention  torch's scaled_dot_product_attention (its CPU flash kernel; what HF's GPT-2 calls) against the same
              causal attention written as batched matmuls and a softmax, forward + backward, with q, k, v the
              strided views of one (B, T, 3C) tensor that GPT-2's attention makes
 
-Each op is timed best of `repeats` (the step: best of its steps over the alternated processes); seconds are wall
-time with torch's threads. The ops' results are compared, so a faster wrong kernel cannot pass: the step's two
-processes must reach the same loss, the two attentions agree to 1e-5.
+Each op is timed best of `repeats`; seconds are wall time with torch's threads. The results are compared, so a
+faster wrong kernel cannot pass: the step's processes must reach the same loss, the two attentions agree to 1e-5.
 """
 
 import argparse
@@ -64,7 +64,8 @@ def shapes(quick: bool) -> tuple[PretrainParams, int, int]:
 
 
 def step_child(reuse: bool, steps: int, quick: bool) -> dict:
-    """In this fresh process: {seconds: best step, page_faults: per timed step, loss: the last} of `steps` steps."""
+    """In this fresh process: {seconds: mean per step, page_faults: per step, loss: the last} of `steps` steps (the
+    mean, not the best: page faults come in some steps and not others, and a best step would miss them)."""
     took = reuse_freed_memory() if reuse else False
     p, block_size, vocab_size = shapes(quick)
     seed_everything(p.seed)
@@ -82,13 +83,11 @@ def step_child(reuse: bool, steps: int, quick: bool) -> dict:
 
     for _ in range(2):
         step()
-    seconds, faults = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    faults, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
     for _ in range(steps):
-        t0 = time.perf_counter()
         loss = step()
-        seconds.append(time.perf_counter() - t0)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    return {"reused": took, "seconds": min(seconds), "page_faults": faults / steps, "loss": loss}
+    seconds, faults = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return {"reused": took, "seconds": seconds / steps, "page_faults": faults / steps, "loss": loss}
 
 
 def gelu(n: int, width: int, repeats: int) -> dict:
