@@ -157,17 +157,18 @@ def child(run: str, steps: int, quick: bool) -> dict:
     masking = masking_for(p.objective, vocab, p.mlm_probability, p.seed)
     warm = dataclasses.replace(p, max_steps=1, warmup_steps=1)
     timed = dataclasses.replace(p, max_steps=steps, warmup_steps=min(p.warmup_steps, steps))
+    if run == "trainer_reusing":
+        reuse_freed_memory()
     with tempfile.TemporaryDirectory() as tmp:
-        if run == "ours":
-            time_ours(warm, vocab, blocks, masking, Path(tmp))
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            seconds, loop = time_ours(timed, vocab, blocks, masking, Path(tmp)), None
-        else:
-            if run == "trainer_reusing":
-                reuse_freed_memory()
-            time_trainer(warm, vocab, blocks, Path(tmp))
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            seconds, loop = time_trainer(timed, vocab, blocks, Path(tmp))
+
+        def once(q: PretrainParams) -> tuple[float, float | None]:  # (seconds end to end, Trainer's train_runtime)
+            if run == "ours":
+                return time_ours(q, vocab, blocks, masking, Path(tmp)), None
+            return time_trainer(q, vocab, blocks, Path(tmp))
+
+        once(warm)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        seconds, loop = once(timed)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     return {"seconds": seconds, "loop": loop, "page_faults_per_step": faults / steps}
 

@@ -5,9 +5,9 @@ alternative, on the default config's shapes.
     python -m bench.pretrain_ops --quick --out /tmp/o.json  # small shapes, 2 steps (seconds; for tests)
 
   step       one training step as stages.pretrain.train takes it (token_loss with the fused head, clipping, fused
-             AdamW) on batch_size random blocks, in a fresh process with and without reuse_freed_memory (the
-             setting is process-wide): mean seconds and minor page faults per step over `steps` steps, after 2
-             untimed ones; the best of the alternated processes
+             AdamW) on the first batch_size of bench.pretrain's blocks, in a fresh process with and without
+             reuse_freed_memory (the setting is process-wide): mean seconds and minor page faults per step over
+             `steps` steps, after 2 untimed ones; the best of the alternated processes
   gelu       the tanh GELU the model runs (F.gelu(approximate="tanh"), GPT-2's formula) against the exact erf
              GELU, forward and backward, on the MLP's hidden (batch_size x block_size, 4 n_embd)
   attention  torch's scaled_dot_product_attention (its CPU flash kernel; what HF's GPT-2 calls) against the same
@@ -19,7 +19,6 @@ faster wrong kernel cannot pass: the step's processes must reach the same loss, 
 """
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -33,11 +32,10 @@ from pathlib import Path
 import torch
 
 from bench.memory import run_child
-from bench.pretrain import QUICK, Vocab
+from bench.pretrain import setup
 from bench.tokenize import git_revision, machine
-from stages.common import load_params, seed_everything, write_json
-from stages.pretrain import PretrainParams, build_model, make_optimizer, reuse_freed_memory, token_loss
-from stages.tokenize import TokenizeParams
+from stages.common import seed_everything, write_json
+from stages.pretrain import build_model, make_optimizer, reuse_freed_memory, token_loss
 
 REPORT = Path("reports/bench/pretrain_ops.json")
 F = torch.nn.functional
@@ -54,24 +52,15 @@ def best(fn, repeats: int) -> float:
     return min(seconds)
 
 
-def shapes(quick: bool) -> tuple[PretrainParams, int, int]:
-    """(pretrain params of the default config or the quick one, block_size, vocab_size)."""
-    p = load_params("pretrain", PretrainParams)
-    tp = load_params("tokenize", TokenizeParams)
-    if quick:
-        return dataclasses.replace(p, **QUICK), 32, 512
-    return p, tp.block_size, tp.vocab_size
-
-
 def step_child(reuse: bool, steps: int, quick: bool) -> dict:
     """In this fresh process: {seconds: mean per step, page_faults: per step, loss: the last} of `steps` steps (the
     mean, not the best: page faults come in some steps and not others, and a best step would miss them)."""
     took = reuse_freed_memory() if reuse else False
-    p, block_size, vocab_size = shapes(quick)
+    p, block_size, blocks, vocab, _ = setup(quick)
     seed_everything(p.seed)
-    model = build_model(p, Vocab(vocab_size), block_size)
+    model = build_model(p, vocab, block_size)
     opt = make_optimizer(model, p.lr, p.weight_decay)
-    x = torch.randint(3, vocab_size, (p.batch_size, block_size), generator=torch.Generator().manual_seed(0))
+    x = blocks[: p.batch_size]  # (B, T)
 
     def step() -> float:
         loss = token_loss(model, x, x, causal=True) / (p.batch_size * (block_size - 1))
@@ -132,7 +121,7 @@ def attention(b: int, h: int, t: int, d: int, repeats: int) -> dict:
 
 def bench(repeats: int, quick: bool) -> dict:
     host = machine()
-    p, block_size, _ = shapes(quick)
+    p, block_size, _, _, _ = setup(quick)
     steps, rounds = (2, 1) if quick else (8, 6)
     step = {"default": [], "reuse": []}
     for _ in range(rounds):  # alternated: a shared machine's speed drifts

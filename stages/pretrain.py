@@ -27,7 +27,6 @@ kernel and every step faults it in again.
 
 import contextlib
 import ctypes
-import ctypes.util
 import dataclasses
 import json
 import math
@@ -324,9 +323,11 @@ def reuse_freed_memory(mmap_below: int = 32 << 20, trim_above: int = 1 << 30) ->
     and for Trainer in a process with and without this call) and times Trainer both ways. The cost: the process
     keeps its peak memory until it exits. Process-wide; CUDA's caching allocator does the same for GPU memory.
     """
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is None or not hasattr(libc, "mallopt"):
+    try:
+        libc = ctypes.CDLL(None)  # the symbols already loaded into this process, the C library's among them
+    except (OSError, TypeError):  # a platform without dlopen(NULL)
+        return False
+    if not hasattr(libc, "mallopt"):
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_below)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_above))
 
