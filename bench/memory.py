@@ -9,6 +9,7 @@ streaming or not; the anonymous peak is the one that says whether a stage holds 
     p -> {"peak_anon_mb": 279, "peak_file_mb": 90}   # sampled every 50 ms; {} where /proc is absent (not Linux)
 """
 
+import ctypes
 import json
 import os
 import shlex
@@ -64,3 +65,26 @@ def run_child(cmd: list[str], env: dict | None = None) -> tuple[dict, int]:
             err.seek(0)
             raise SystemExit(f"{shlex.join(cmd)} failed ({status}):\n{err.read()[-3000:]}")
     return json.loads(out.splitlines()[-1]), usage.ru_maxrss // 1024
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt options (malloc.h)
+
+
+def reuse_freed_memory(mmap_below: int = 32 << 20, trim_above: int = 1 << 30) -> bool:
+    """Make glibc's malloc keep the memory a training step frees for the next step instead of handing it back to
+    the kernel: blocks under `mmap_below` (32 MiB, glibc's largest) come from the heap, and the heap is trimmed only
+    when more than `trim_above` of it is free. True where it took effect (glibc); a no-op elsewhere. Process-wide.
+
+    Every step allocates and frees the same activations (a (4096, 1024) MLP hidden is 16 MiB). By default glibc may
+    trim the freed top of the heap, and the next step's first write to each page faults it back in. The benches
+    measure what this changes (bench.pretrain_ops: our step with and without it; bench.pretrain: Trainer with and
+    without it). The pretrain stage does not call it: it gains little, and a killed-and-resumed run once ended with
+    weights that were not bitwise those of an uninterrupted one with it on (a CI run; its cause was not found).
+    """
+    try:
+        libc = ctypes.CDLL(None)  # the symbols already loaded into this process, the C library's among them
+    except (OSError, TypeError):  # a platform without dlopen(NULL)
+        return False
+    if not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_below)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_above))

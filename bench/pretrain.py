@@ -12,10 +12,10 @@ In one run, on the same machine, threads and moment:
            validation on a single block) for `steps` optimizer steps
   trainer  transformers.Trainer on the identical model (same config, same seeded init), the same blocks, micro-batch
            size, accumulation, learning rate, schedule, clipping and AdamW betas; no evaluation, saving or logging
-  trainer_reusing  the same Trainer in a process that first calls stages.pretrain.reuse_freed_memory, as ours does:
-           how much of the speedup is the allocator setting and how much the loop (speedup_vs_trainer_reusing_memory)
-Each timed run has a fresh process of its own (`--child`), as a user's run would: ours' process-wide allocator
-setting cannot reach a Trainer run, and each run's page faults and peak RSS are its own. In it, one untimed warm-up
+  trainer_reusing  the same Trainer in a process that first calls bench.memory.reuse_freed_memory (glibc keeps freed
+           memory for reuse): whether Trainer's page faults cost it speed (speedup_vs_trainer_reusing_memory)
+Each timed run has a fresh process of its own (`--child`), as a user's run would: a process-wide allocator setting
+cannot reach another run, and each run's page faults and peak RSS are its own. In it, one untimed warm-up
 step, then the timed run end to end (setup included, as a user waits for it; Trainer's own train_runtime, its loop
 alone, is reported beside it as speedup_vs_trainer_loop). The runs alternate `repeats` times; the best counts. 20
 steps a run (the stage runs 250): at 5, the setup both pay once weighed more than the loops. tokens/s = steps x
@@ -44,10 +44,10 @@ from pathlib import Path
 
 import torch
 
-from bench.memory import run_child
+from bench.memory import reuse_freed_memory, run_child
 from bench.tokenize import git_revision, machine
 from stages.common import load_params, seed_everything, write_json
-from stages.pretrain import BLOCKS, PretrainParams, build_model, masking_for, reuse_freed_memory, train
+from stages.pretrain import BLOCKS, PretrainParams, build_model, masking_for, train
 from stages.tokenize import TokenizeParams
 
 REPORT = Path("reports/bench/pretrain.json")
@@ -152,7 +152,7 @@ def setup(quick: bool) -> tuple[PretrainParams, int, torch.Tensor, object, str]:
 def child(run: str, steps: int, quick: bool) -> dict:
     """One timed run in this (fresh) process, after one untimed warm-up step: {seconds, loop (Trainer's
     train_runtime), page_faults per step}. `run`: ours, trainer, or trainer_reusing (Trainer in a process that
-    reuses freed memory as ours does)."""
+    reuses freed memory)."""
     p, _, blocks, vocab, _ = setup(quick)
     masking = masking_for(p.objective, vocab, p.mlm_probability, p.seed)
     warm = dataclasses.replace(p, max_steps=1, warmup_steps=1)
@@ -181,7 +181,7 @@ def bench(steps: int, repeats: int, quick: bool) -> dict:
     seconds = {"ours": [], "trainer": [], "trainer_loop": [], "trainer_reusing": []}
     faults, rss = {}, {}
     for _ in range(repeats):
-        for run in RUNS:  # each in a fresh process: ours' allocator setting cannot reach the Trainer's runs
+        for run in RUNS:  # each in a fresh process: trainer_reusing's allocator setting cannot reach the others
             cmd = [sys.executable, "-m", "bench.pretrain", "--child", run, "--steps", str(steps)]
             out, rss_mb = run_child(cmd + (["--quick"] if quick else []))
             seconds[run].append(out["seconds"])
@@ -201,7 +201,7 @@ def bench(steps: int, repeats: int, quick: bool) -> dict:
         "trainer_tokens_per_second": round(tps["trainer"], 1),
         "speedup_vs_trainer": round(speedup, 3),  # both timed end to end, each in its own process
         "speedup_vs_trainer_loop": round(tps["ours"] / tps["trainer_loop"], 3),  # against Trainer's train_runtime
-        # against Trainer in a process that reuses freed memory as ours does: the loop's share of the speedup
+        # against Trainer in a process that reuses freed memory: what Trainer's page faults cost it
         "speedup_vs_trainer_reusing_memory": round(tps["ours"] / tps["trainer_reusing"], 3),
         "mfu": round(mfu["ours"], 4),  # fraction of the measured fp32 matmul peak
         "mfu_trainer": round(mfu["trainer"], 4),

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from bench.memory import run_child
+from bench.memory import reuse_freed_memory, run_child
 from bench.pretrain import setup
 from bench.tokenize import git_revision, machine
 from stages.common import seed_everything, write_json
-from stages.pretrain import build_model, make_optimizer, reuse_freed_memory, token_loss
+from stages.pretrain import build_model, make_optimizer, token_loss
 
 REPORT = Path("reports/bench/pretrain_ops.json")
 F = torch.nn.functional

@@ -21,12 +21,9 @@ position), so a checkpoint every `checkpoint_every` steps (model, optimizer, sch
 killed run resume where it stopped and end with the same weights. Under torchrun each of the N processes takes
 1/N of every global micro-batch (batch_size blocks); the loss is the global batch's token mean, so N processes
 train the same model as one (up to float summation order). Only rank 0 validates and writes.
-The process keeps the memory a step frees for the next (reuse_freed_memory): by default glibc hands it back to the
-kernel and every step faults it in again.
 """
 
 import contextlib
-import ctypes
 import dataclasses
 import json
 import math
@@ -309,29 +306,6 @@ def load_model(p: PretrainParams, tokenizer, block_size: int):
     return model
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt options (malloc.h)
-
-
-def reuse_freed_memory(mmap_below: int = 32 << 20, trim_above: int = 1 << 30) -> bool:
-    """Make glibc's malloc keep the memory a training step frees for the next step instead of handing it back to
-    the kernel: blocks under `mmap_below` (32 MiB, glibc's largest) come from the heap, and the heap is trimmed only
-    when more than `trim_above` of it is free. True where it took effect (glibc); a no-op elsewhere.
-
-    Every step allocates and frees the same activations (a (4096, 1024) MLP hidden is 16 MiB). By default glibc may
-    trim the freed top of the heap, and the next step's first write to each page faults it back in, zeroed by the
-    kernel. python -m bench.pretrain counts the faults (page_faults_per_step in reports/bench/pretrain.json, for ours
-    and for Trainer in a process with and without this call) and times Trainer both ways. The cost: the process
-    keeps its peak memory until it exits. Process-wide; CUDA's caching allocator does the same for GPU memory.
-    """
-    try:
-        libc = ctypes.CDLL(None)  # the symbols already loaded into this process, the C library's among them
-    except (OSError, TypeError):  # a platform without dlopen(NULL)
-        return False
-    if not hasattr(libc, "mallopt"):
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_below)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_above))
-
-
 def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on biases, norms); fused: one kernel for all tensors (on a CPU
     an 8th of the time of the per-tensor loop, a 6th of foreach's)."""
@@ -383,7 +357,6 @@ def train(p: PretrainParams, model, train_blocks, val_blocks, masking, ckpt: Pat
     if p.batch_size % world:
         raise ParamsError(f"pretrain.batch_size: {p.batch_size} blocks do not split over {world} processes")
     dev, causal, shard = device(), masking is None, p.batch_size // world
-    reuse_freed_memory()
     model.to(dev).train()
     opt = make_optimizer(model, p.lr, p.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
