@@ -4,18 +4,20 @@ Reads  models/7_finetune/<run>/predictions.jsonl for each run in finetune.runs (
        stage wrote and the predictions gate passed: reports/gates/predictions.json) and metrics/finetune/<run>.json,
        models/7_baseline/<run> and metrics/baseline/<run>.json for each run in baseline.runs,
        data/3_tokenize/task (test split: the reference labels, and the text the baselines read)
-Writes metrics/evaluate.json  {"runs": {"<run>": {"accuracy", "macro_f1", "per_class_f1", "trainable_params",
-                              "trainable_share", "train_seconds", ...}}}; a baseline run adds "chosen" (its
-                              hyperparameters, picked on validation)
-       reports/evaluate.md    the table, and each claim of the field stated as measured
+Writes metrics/evaluate.json  {"runs": {"<run>": {"accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95",
+                              "per_class_f1", "trainable_params", "trainable_share", "train_seconds", ...}},
+                              "claims": [{"claim", "a", "b", "gap", "ci95", "verdict", ...}]}; a baseline run adds
+                              "chosen" (its hyperparameters, picked on validation)
+       reports/evaluate.md    the table, and each claim decided by the interval of its gap (specialist.claims)
        reports/plots/confusion/<run>.csv  actual,predicted genre per verse of the split (`dvc plots`: a confusion
                               matrix per run)
        reports/plots/curves/<run>.csv     epoch,train_loss,val_accuracy of each fine-tuning run (`dvc plots`)
 
     python -m stages.evaluate
 
-Run as a module: as a script, this file would shadow the `evaluate` package. The metric modules live in
-metric_modules/ and are loaded by path (the Hugging Face hub is not needed).
+Intervals are a chapter bootstrap (specialist.scoring): the verses of a chapter are not independent. Run as a
+module: as a script, this file would shadow the `evaluate` package. The metric modules live in metric_modules/
+and are loaded by path (the Hugging Face hub is not needed).
 """
 
 import json
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from specialist.claims import Claim, applicable, line, verdict
+from specialist.scoring import Bootstrap
 from stages.common import atomic_dir, fail, load_params, write_json, write_text
 
 TASK = Path("data/3_tokenize/task")
@@ -36,15 +40,20 @@ METRICS = Path("metrics/evaluate.json")
 REPORT = Path("reports/evaluate.md")
 PLOTS = Path("reports/plots")
 PREDICTIONS = "predictions.jsonl"  # in each run's folder, written by stages.finetune.write_predictions
+INTERVAL = "95%, chapter bootstrap (resample the test chapters, keep their verses), paired for gaps"
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
     split: str  # the split scored: test (validation only while developing)
+    replicates: int = 2000  # bootstrap replicates of the test chapters (intervals)
+    seed: int = 0  # of the bootstrap
 
     def validate(self):
         if self.split not in ("test", "validation"):
             yield f"split: expected test or validation, got {self.split!r}"
+        if self.replicates < 100:
+            yield f"replicates: at least 100 for a 95% interval, got {self.replicates}"
 
 
 def score(predictions: list[int], references: list[int], labels: list[str]) -> dict:
@@ -70,64 +79,43 @@ def aligned(records: list[dict], split: str, keys: list[tuple]) -> list[int]:
     return [by_key[k] for k in keys]
 
 
-def claims(runs: dict) -> list[str]:
-    """The field's claims, each stated as measured (or as not measurable with the runs present)."""
-
-    def acc(name):
-        return runs[name]["accuracy"] * 100 if name in runs else None
-
-    lines = []
-    if acc("full") is not None and acc("scratch") is not None:
-        gap = acc("full") - acc("scratch")
-        verdict = "holds" if gap > 0 else "does NOT hold"
-        lines.append(f"- Pre-training then fine-tuning beats training from scratch with few labels: {verdict} "
-                     f"(full {acc('full'):.1f}% vs scratch {acc('scratch'):.1f}%, {gap:+.1f} points).")  # fmt: skip
-    if acc("lora") is not None and acc("full") is not None:
-        gap = acc("lora") - acc("full")
-        share = runs["lora"]["trainable_share"] * 100
-        verdict = "holds" if gap >= -2 else "does NOT hold"
-        lines.append(f"- LoRA comes within 2 points of full fine-tuning with a fraction of the parameters: {verdict} "
-                     f"(lora {acc('lora'):.1f}% vs full {acc('full'):.1f}%, {gap:+.1f} points, "
-                     f"training {share:.2f}% of the parameters).")  # fmt: skip
-    for base, b in runs.items():  # baselines (init none) against the pre-trained runs on the same labels
-        pre = [n for n, r in runs.items() if r["init"] == "pretrained" and r["augmented"] == b["augmented"]]
-        if b["init"] != "none" or not pre:
-            continue
-        verdict = "holds" if all(acc(n) > acc(base) for n in pre) else "does NOT hold"
-        vs = ", ".join(f"{n} {acc(n):.1f}% ({acc(n) - acc(base):+.1f} points)" for n in pre)
-        lines.append(f"- Pre-trained fine-tuning beats a TF-IDF + logistic regression baseline on the same labels "
-                     f"({base}, {b['train_examples']} training verses): {verdict} "
-                     f"({base} {acc(base):.1f}% vs {vs}).")  # fmt: skip
-    for name in runs:
-        if name.endswith("_bt") and acc(name[:-3]) is not None:
-            if runs[name]["train_examples"] == runs[name[:-3]]["train_examples"]:  # no paraphrase was added
-                lines.append(f"- Back-translation helps when labels are scarce ({name} vs {name[:-3]}): not measured, "
-                             f"{name} trained on no paraphrases (augment skipped or kept none: see "
-                             "metrics/augment.json).")  # fmt: skip
-                continue
-            gap = acc(name) - acc(name[:-3])
-            verdict = "holds" if gap > 0 else "does NOT hold"
-            lines.append(f"- Back-translation helps when labels are scarce ({name} vs {name[:-3]}): {verdict} "
-                         f"({acc(name):.1f}% vs {acc(name[:-3]):.1f}%, {gap:+.1f} points).")  # fmt: skip
-    return lines
+def claim_results(runs: dict, predictions: dict, refs: list[int], boot: Bootstrap) -> list[dict]:
+    """Each applicable claim (specialist.claims) with its paired gap, 95% interval and verdict."""
+    out = []
+    for c in applicable(runs):
+        gap = boot.gap([predictions[c.a]], [predictions[c.b]], refs)
+        out.append({"claim": c.text, "a": c.a, "b": c.b, "threshold": c.threshold, "kind": c.kind, **gap,
+                    "verdict": verdict(c, gap["ci95"])})  # fmt: skip
+    return out
 
 
-def task_line(labels: list[str], split: str, n: int) -> str:
+def claim_lines(results: list[dict]) -> list[str]:
+    return [line(Claim(r["claim"], r["a"], r["b"], r["threshold"], r["kind"]), r) for r in results]
+
+
+def task_line(labels: list[str], split: str, n: int, clusters: int) -> str:
     """What the table scores: the bundled task in its words, a user's by its labels."""
     from stages.ingest import LABELS
 
     if labels == LABELS:
-        return f"Verse -> genre of its book (7 classes), {n} {split} verses from chapters no stage trained on. "
+        return (f"Verse -> genre of its book (7 classes), {n} {split} verses from {clusters} chapters no stage "
+                "trained on. ")  # fmt: skip
     return f"Text -> label ({len(labels)} classes: {', '.join(labels)}), {n} held-out {split} examples. "
 
 
-def report(runs: dict, split: str, n: int, labels: list[str]) -> str:
-    head = "| run | init | method | augmented | accuracy | macro-F1 | trainable params | share | train s |"
+def with_ci(value: float, ci: list[float]) -> str:
+    """0.3721, [0.3302, 0.4133] -> '0.372 [0.330, 0.413]'."""
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def report(metrics: dict, labels: list[str]) -> str:
+    runs, split, n = metrics["runs"], metrics["split"], metrics["examples"]
+    head = "| run | init | method | augmented | accuracy [95% CI] | macro-F1 [95% CI] | trainable | share | train s |"
     rows = [head, "|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
-        rows.append(f"| {name} | {r['init']} | {r['method']} | {r['augmented']} | {r['accuracy']:.4f} "
-                    f"| {r['macro_f1']:.4f} | {r['trainable_params']:,} | {r['trainable_share']:.2%} "
-                    f"| {r['train_seconds']} |")  # fmt: skip
+        rows.append(f"| {name} | {r['init']} | {r['method']} | {r['augmented']} "
+                    f"| {with_ci(r['accuracy'], r['accuracy_ci95'])} | {with_ci(r['macro_f1'], r['macro_f1_ci95'])} "
+                    f"| {r['trainable_params']:,} | {r['trainable_share']:.2%} | {r['train_seconds']} |")  # fmt: skip
     chosen = [f"- {name}: C {r['chosen']['C']:g}, word n-grams {'-'.join(map(str, r['chosen']['ngram_range']))}, "
               f"chosen on validation accuracy ({r['best_val_accuracy']:.4f}) from the grid in baseline.train"
               for name, r in runs.items() if "chosen" in r]  # fmt: skip
@@ -135,9 +123,13 @@ def report(runs: dict, split: str, n: int, labels: list[str]) -> str:
         rows += ["", "Baseline hyperparameters:", "", *chosen]
     return "\n".join([
         "# Evaluation", "",
-        task_line(labels, split, n)
-        + "Produced by `python -m stages.evaluate` (`dvc repro`); numbers from metrics/evaluate.json.", "",
-        *rows, "", "## The field's claims, as measured", "", *claims(runs), "",
+        task_line(labels, split, n, metrics["clusters"])
+        + "Produced by `python -m stages.evaluate` (`dvc repro`); numbers from metrics/evaluate.json. "
+        f"Intervals: {INTERVAL}.", "",
+        *rows, "", "## The field's claims, decided by the interval of the gap", "",
+        "A claim holds where the whole 95% interval of the paired gap clears its threshold, does not hold where the "
+        "whole interval misses it, and is not resolved where the interval straddles it.", "",
+        *claim_lines(metrics["claims"]), "",
     ])  # fmt: skip
 
 
@@ -151,6 +143,7 @@ def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: 
     labels = task["train"].features["label"].names
     split = task[p.split]
     verses, refs = list(zip(split["book"], split["chapter"], split["verse"], strict=True)), list(split["label"])
+    boot = Bootstrap([v[:2] for v in verses], replicates=p.replicates, seed=p.seed)  # clusters: chapters
     # each run's predictions, and the folder of its summary (metrics/<stage>/<run>.json, with the measurements)
     predictions = {}
     for name in run_names:
@@ -164,9 +157,15 @@ def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: 
     for name, (summaries, preds) in predictions.items():
         info = json.loads((summaries / f"{name}.json").read_text())
         chosen = {"chosen": info["chosen"]} if "chosen" in info else {}  # a baseline's hyperparameters
-        runs[name] = {**score(preds, refs, labels), **{k: info[k] for k in keys}, **chosen}
-        print(f"{name}: accuracy {runs[name]['accuracy']:.4f}  macro-F1 {runs[name]['macro_f1']:.4f}", flush=True)
-    metrics = {"split": p.split, "examples": len(refs), "runs": runs}
+        scored = score(preds, refs, labels)
+        ci = boot.summary([preds], refs, len(labels))
+        scored |= {"accuracy_ci95": ci["accuracy_ci95"], "macro_f1_ci95": ci["macro_f1_ci95"]}
+        runs[name] = {**scored, **{k: info[k] for k in keys}, **chosen}
+        print(f"{name}: accuracy {with_ci(scored['accuracy'], scored['accuracy_ci95'])}  "
+              f"macro-F1 {scored['macro_f1']:.4f}", flush=True)  # fmt: skip
+    preds = {name: pr for name, (_, pr) in predictions.items()}
+    metrics = {"split": p.split, "examples": len(refs), "clusters": len(set(boot.ids.tolist())), "interval": INTERVAL,
+               "runs": runs, "claims": claim_results(runs, preds, refs, boot)}  # fmt: skip
     with atomic_dir(plots) as tmp:
         for name, (_, preds) in predictions.items():
             write_text(confusion_csv(preds, refs, labels), tmp / "confusion" / f"{name}.csv")
@@ -174,7 +173,7 @@ def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: 
             curve = json.loads((models / name / "meta.json").read_text())["counts"]["curve"]
             write_text(curve_csv(curve), tmp / "curves" / f"{name}.csv")
     write_json(metrics, metrics_path)
-    write_text(report(runs, p.split, len(refs), labels), report_path)
+    write_text(report(metrics, labels), report_path)
     return metrics
 
 

@@ -63,12 +63,13 @@ class IngestParams:
     val_fraction: float  # share of each genre's chapters held out for validation
     test_fraction: float  # ... and for test
     train_per_class: int  # labeled training verses per genre: few on purpose
-    eval_per_class: int  # verses per genre in validation and test (balanced; fewer if a genre has fewer)
+    eval_per_class: int  # verses per genre in validation (balanced; fewer if a genre has fewer)
     corpus_translations: list[str]  # English translations whose chapters form the pre-training corpus
     task_translation: str  # translation of the task's verses
     parallel_source: str  # parallel corpus: source (English) ...
     parallel_target: str  # ... and target (Spanish) translation
     parallel_val_chapters: int  # training chapters (own data: pairs) kept out of the parallel train split
+    test_per_class: int | None = None  # verses per genre in test; None = every verse of the test chapters
     source: str = "bundled"  # bundled: the Bibles of data/raw (the keys above); own: corpus, task, parallel below
     corpus: Source | None = None  # own: the pre-training corpus (text_column)
     task: Source | None = None  # own: the labeled set (text_column, label_column, labels, validation, test)
@@ -93,8 +94,8 @@ class IngestParams:
             0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1
         ):
             yield "val_fraction/test_fraction: each in (0, 1) and summing below 1"
-        if self.train_per_class < 1 or self.eval_per_class < 1:
-            yield "train_per_class/eval_per_class: must be >= 1"
+        if self.train_per_class < 1 or self.eval_per_class < 1 or (self.test_per_class or 1) < 1:
+            yield "train_per_class/eval_per_class/test_per_class: must be >= 1 (test_per_class null: every one)"
 
 
 def read_raw(path: Path) -> list[dict]:
@@ -151,8 +152,10 @@ def build_corpus(translations: dict[str, list[dict]], split: dict) -> list[dict]
     return docs
 
 
-def sample_per_class(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
-    """Up to n rows per label, in a seeded random order, sorted back into canonical order."""
+def sample_per_class(rows: list[dict], n: int | None, rng: random.Random) -> list[dict]:
+    """Up to n rows per label, in a seeded random order, sorted back into canonical order; n None: every row."""
+    if n is None:
+        return sorted(rows, key=lambda r: r["order"])
     by_label = defaultdict(list)
     for r in rows:
         by_label[r["label"]].append(r)
@@ -164,7 +167,8 @@ def sample_per_class(rows: list[dict], n: int, rng: random.Random) -> list[dict]
 
 
 def build_task(rows: list[dict], split: dict, p: IngestParams) -> dict[str, list[dict]]:
-    """Verse -> genre examples: a small balanced train set, balanced validation and test sets, and the pool."""
+    """Verse -> genre examples: a small balanced train set, a balanced validation set, the test set (every verse of
+    the test chapters by default: intervals need all of them), and the pool."""
     by_split = defaultdict(list)
     for i, r in enumerate(rows):
         s = split[(r["book"], r["chapter"])]
@@ -178,7 +182,7 @@ def build_task(rows: list[dict], split: dict, p: IngestParams) -> dict[str, list
         "validation": sample_per_class(
             [r for r in by_split["validation"] if r["text"] not in train_texts], p.eval_per_class, rng
         ),
-        "test": sample_per_class([r for r in by_split["test"] if r["text"] not in train_texts], p.eval_per_class, rng),
+        "test": sample_per_class([r for r in by_split["test"] if r["text"] not in train_texts], p.test_per_class, rng),
         "pool": by_split["train"],
     }
     return {
@@ -300,7 +304,7 @@ def own_task(p: IngestParams) -> tuple[dict[str, list[dict]], list[str], dict]:
         leaks[split] = len(examples[split]) - len(kept)
         if not kept:
             fail(f"ingest.task: the {split} split is empty ({leaks[split]} rows, each also a training text)")
-        task[split] = sample_per_class(kept, p.eval_per_class, rng)
+        task[split] = sample_per_class(kept, p.eval_per_class if split == "validation" else p.test_per_class, rng)
     task = {k: [{c: r[c] for c in ("text", "label", "book", "chapter", "verse")} for r in task[k]] for k in TASK_ORDER}
     counts = {
         "task_dropped": {name: dict(sorted(d.items())) for name, (_, d) in read.items() if d},
@@ -410,7 +414,9 @@ def run_own(p: IngestParams, out: Path, metrics_path: Path) -> dict:
 def short_classes(task: dict[str, list[dict]], names: list[str], p: IngestParams) -> list[str]:
     """A line per class that has fewer rows than asked for in a split: those there are used, and said so."""
     notes = []
-    for split, want in (("train", p.train_per_class), ("validation", p.eval_per_class), ("test", p.eval_per_class)):
+    for split, want in (("train", p.train_per_class), ("validation", p.eval_per_class), ("test", p.test_per_class)):
+        if want is None:  # every row of the split: none is short
+            continue
         have = Counter(r["label"] for r in task[split])
         notes += [f"{split}: {names[i]!r} has {have[i]} rows of the {want} asked for"
                   for i in range(len(names)) if have[i] < want]  # fmt: skip

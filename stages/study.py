@@ -1,29 +1,29 @@
-"""study: the field's claims over seeds, labeled-set sizes and fine-tuning learning rates (outside `dvc repro`).
+"""study: the field's claims over labeled draws, labeled-set sizes and learning rates (outside `dvc repro`).
 
-Reads  data/3_tokenize/task (train, validation, test and the pool of every training-chapter verse),
+Reads  data/3_tokenize/task (validation, test, and the pool: every verse of the training chapters),
        data/3_tokenize/blocks (validation blocks: the pre-training objective), models/4_pretrain,
-       data/6_augment (the back-translated paraphrases of the train split)
-Writes metrics/study.json              every measurement: per run, size and seed, and means
-       reports/study.md                the claims, each stated as measured, with the tables behind them
-       reports/study/data_efficiency.csv   test accuracy (mean over seeds) per labeled-set size: `dvc plots`
-       reports/study/data_efficiency.png   the same, drawn
+       the augment stage's translators (back-translation of each draw's verses, cached in cache/translations/)
+Writes metrics/study.json                 every measurement with its 95% interval, and the claims' verdicts
+       reports/study.md                   the claims, each decided by the interval of its gap, and the tables
+       reports/study/data_efficiency.csv  test accuracy (mean over draws) per labeled-set size: `dvc plots`
+       reports/study/data_efficiency.png  the same with the intervals, drawn
+       data/8_study/predictions.jsonl     every cell's test predictions (the intervals can be recomputed)
 
     dvc repro study/dvc.yaml      # or: python -m stages.study
 
-Three measurements, each a mean over `study.seeds` (the seed draws the labeled subset and seeds training):
-- data efficiency: test accuracy of `study.runs` (finetune.runs keys) and `study.baseline` (a baseline.runs key)
-  with `study.sizes` labeled verses per class. Subsets are nested: a size up to ingest.train_per_class draws from
-  the pipeline's own train split (so its paraphrases exist and that size *is* the train split); a larger one adds
-  verses from the rest of the training chapters' pool.
-- back-translation: `study.augmented_runs` plus their paraphrases (data/6_augment) at the smallest size.
-- forgetting: `study.forgetting_run` at the default size at each of `study.forgetting_lr_scales`, and the
-  validation perplexity of the pre-training objective (causal LM, tied output layer) on its fine-tuned body.
-Early stopping, the baseline's C and n-grams: on the validation split. The test split is only scored.
+At each size n of `study.draws`, draw d (d = 0 .. draws[n] - 1) samples n verses per class afresh from the pool,
+seeded by d, and seeds training with d; the draws are nested (draw d's 8 verses are among its 32). Every run of
+`study.runs` and `study.baselines` trains on each draw; at `study.augmented_sizes` the runs of
+`study.augmented_runs` also train on the draw plus its back-translated paraphrases (<run>_bt). Forgetting:
+`study.forgetting_run` at the default size (the pipeline's train_per_class) at each of `forgetting_lr_scales`, and
+the validation perplexity of the pre-training objective of its fine-tuned body. Early stopping and the baselines'
+choices see the validation split only; the test split is only scored. Intervals resample test chapters and draws
+(specialist.scoring); claims are decided by them (specialist.claims), as in evaluate.
 """
 
+import gzip
 import json
 import math
-import random
 import shutil
 import statistics
 import time
@@ -32,60 +32,64 @@ from pathlib import Path
 
 import torch
 
+from specialist.claims import Claim, applicable, line, verdict
+from specialist.scoring import Bootstrap
 from stages.common import ParamsError, fail, load_params, seed_everything, write_json, write_text
 
 TASK = Path("data/3_tokenize/task")
 BLOCKS = Path("data/3_tokenize/blocks")
 TOKENIZER = Path("data/3_tokenize/tokenizer")
 PRETRAINED = Path("models/4_pretrain")
-AUGMENT = Path("data/6_augment")
-TRANSLATE_METRICS = Path("metrics/translate.json")  # the translators' quality and the paraphrase filter's statistics:
+TRANSLATE_METRICS = Path("metrics/translate.json")  # the translators' quality and the paraphrase gate's counts:
 AUGMENT_METRICS = Path("metrics/augment.json")  # quoted beside the back-translation results, which they explain
 METRICS = Path("metrics/study.json")
 REPORT = Path("reports/study.md")
 PLOTS = Path("reports/study")
+PREDICTIONS = Path("data/8_study/predictions.jsonl.gz")
 CHECKPOINTS = Path("checkpoints/study")  # finished cells (<key>.json) and the running one's epochs: a killed study
 # resumes where it was; removed when the study has written its results
 
 
 @dataclass(frozen=True)
 class StudyParams:
-    sizes: list[int]  # labeled verses per class
-    seeds: list[int]  # each draws the labeled subset and seeds training
-    runs: list[str]  # finetune.runs keys trained at every size
-    baseline: str  # a baseline.runs key (not augmented) fitted at every size
-    augmented_runs: list[str]  # of runs + baseline: also trained with the paraphrases at the smallest size (<run>_bt)
+    draws: dict[int, int]  # labeled verses per class -> labeled draws at that size
+    runs: list[str]  # finetune.runs keys trained on every draw
+    baselines: list[str]  # baseline.runs keys (not augmented) fitted on every draw
+    augmented_runs: list[str]  # of runs + baselines: also trained with the draw's paraphrases (<run>_bt) ...
+    augmented_sizes: list[int]  # ... at these sizes
     forgetting_run: str  # a finetune.runs key with init pretrained
     forgetting_lr_scales: list[float]  # its learning rate, as a multiple of pre-training's
+    forgetting_draws: int  # draws of the default size it is trained on at each rate
 
     def validate(self):
-        if not self.sizes or min(self.sizes) < 1:
-            yield f"sizes: labeled verses per class, each >= 1, got {self.sizes}"
-        if not self.seeds:
-            yield "seeds: at least one seed"
-        if unknown := [r for r in self.augmented_runs if r not in [*self.runs, self.baseline]]:
-            yield f"augmented_runs: {unknown} are not in study.runs or study.baseline"
+        if not self.draws or min(self.draws) < 1 or min(self.draws.values()) < 1:
+            yield f"draws: {{verses per class: draws}}, each >= 1, got {self.draws}"
+        if unknown := [r for r in self.augmented_runs if r not in [*self.runs, *self.baselines]]:
+            yield f"augmented_runs: {unknown} are not in study.runs or study.baselines"
+        if unknown := [n for n in self.augmented_sizes if n not in self.draws]:
+            yield f"augmented_sizes: {unknown} are not sizes of study.draws"
         if any(s <= 0 for s in self.forgetting_lr_scales):
             yield f"forgetting_lr_scales: each > 0, got {self.forgetting_lr_scales}"
+        if self.forgetting_draws < 1:
+            yield f"forgetting_draws: >= 1, got {self.forgetting_draws}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Pure parts: subsets, summaries, claims, report
+# Pure parts: draws, summaries, claims, report
 
 
-def draw(keys: list[tuple], labels: list[int], train: set[tuple], n: int, seed: int) -> list[int]:
-    """Indices of n examples per class: the class's `train` keys first, then the rest, each in a seeded order.
+def draw(labels: list[int], n: int, seed: int) -> list[int]:
+    """Indices of n examples per class of the pool, in a seeded order per class; sorted.
 
-    Nested: draw(..., n, s) is a prefix (per class) of draw(..., m, s) for m > n; n = |train per class| gives train.
+    Nested: draw(labels, n, s) is, per class, a prefix of draw(labels, m, s) for m > n.
     """
+    import random
+
     picked = []
     for label in sorted(set(labels)):
-        rng = random.Random(f"{seed}/{label}")
-        own = [i for i, (k, y) in enumerate(zip(keys, labels, strict=True)) if y == label and k in train]
-        rest = [i for i, (k, y) in enumerate(zip(keys, labels, strict=True)) if y == label and k not in train]
-        rng.shuffle(own)
-        rng.shuffle(rest)
-        picked += (own + rest)[:n]
+        members = [i for i, y in enumerate(labels) if y == label]
+        random.Random(f"{seed}/{label}").shuffle(members)
+        picked += members[:n]
     return sorted(picked)
 
 
@@ -95,125 +99,122 @@ def summary(values: list[float]) -> dict:
     return {"mean": round(statistics.fmean(values), 4), "std": round(std, 4), "values": values}
 
 
-def mean(results: dict, run: str, size: int) -> float | None:
-    cell = results.get(run, {}).get(str(size))
-    return cell["accuracy"]["mean"] * 100 if cell else None
+def cell_summary(results: list[dict], refs: list[int], boot: Bootstrap, n_classes: int) -> dict:
+    """A cell's accuracy and macro-F1 with their 95% intervals (test chapters and draws resampled), the spread
+    over draws and each draw's own accuracy."""
+    s = boot.summary([r["predictions"] for r in results], refs, n_classes)
+    accs = [r["accuracy"] for r in results]
+    return {**s, "std_over_draws": summary(accs)["std"], "values": accs, "draws": len(results),
+            "best_epochs": [r["best_epoch"] for r in results if "best_epoch" in r]}  # fmt: skip
 
 
-def claims(s: dict) -> list[str]:
-    """Each claim of the field, as measured here (means over seeds, accuracy in points)."""
-    de, sizes, default = s["data_efficiency"], s["sizes"], s["default_size"]
-    n_seeds = len(s["seeds"])
-    lines = []
-    full, scratch, lora = (mean(de, r, default) for r in ("full", "scratch", "lora"))
-    if full is not None and scratch is not None:
-        gap = full - scratch
-        lines.append(f"- Pre-training then fine-tuning beats training from scratch by >= 15 points at {default} "
-                     f"labels per class: {'holds' if gap >= 15 else 'does NOT hold'} (full {full:.1f}% vs scratch "
-                     f"{scratch:.1f}%, {gap:+.1f} points, mean of {n_seeds} seeds). Pre-training beats scratch at "
-                     f"all: {'yes' if gap > 0 else 'no'}.")  # fmt: skip
-    if full is not None and lora is not None:
-        gap, share = lora - full, s["trainable_share"].get("lora", 0) * 100
-        ok = gap >= -2 and share <= 5
-        lines.append(f"- LoRA within 2 points of full fine-tuning with <= 5% of the parameters: "
-                     f"{'holds' if ok else 'does NOT hold'} (lora {lora:.1f}% vs full {full:.1f}%, {gap:+.1f} points, "
-                     f"{share:.2f}% of the parameters trained).")  # fmt: skip
-    if f := s.get("forgetting"):
-        by = sorted((float(k), v["perplexity"]["mean"]) for k, v in f["lr_scales"].items())  # ascending rate
-        if len(by) > 1:  # grows at every step up, and clearly (> 5%) from the second-highest rate to the highest
-            ok = all(a[1] < b[1] for a, b in zip(by, by[1:], strict=False)) and by[-1][1] > 1.05 * by[-2][1]
-            row = ", ".join(f"{k:g}x {v:.1f}" for k, v in by)
-            verdict = "holds" if ok else "does NOT hold"
-            lines.append(f"- Forgetting grows with the fine-tuning learning rate: {verdict} (validation perplexity "
-                         f"of the pre-training objective {f['perplexity_before']:.1f} before fine-tuning; after "
-                         f"{s['forgetting_run']} at {row} of pre-training's rate).")  # fmt: skip
-    for n in sizes:  # full with n labels vs scratch with >= 8n
-        fn = mean(de, "full", n)
-        if fn is None or mean(de, "scratch", n) is None:
-            continue
-        caught = [m for m in sizes if m >= n and (mean(de, "scratch", m) or 0) >= fn]
-        measured = [m for m in sizes if m >= 8 * n]
-        if caught:
-            verdict = "holds" if caught[0] >= 8 * n else "does NOT hold"
-            detail = f"scratch first reaches full's {fn:.1f}% at {caught[0]} per class ({caught[0] // n}x the labels)"
-        elif measured:
-            verdict, detail = "holds", f"scratch stays below full's {fn:.1f}% up to {sizes[-1]} per class"
-        else:
-            verdict = "not measured"
-            detail = f"scratch stays below full's {fn:.1f}% up to {sizes[-1]} per class, under 8x"
-        lines.append(f"- Data efficiency, full with {n} labels per class matches scratch with >= {8 * n}: "
-                     f"{verdict} ({detail}).")  # fmt: skip
-    base = s["baseline"]
+def gap(cells: dict, a: tuple, b: tuple, refs: list[int], boot: Bootstrap) -> dict:
+    """Paired gap a - b (cells keyed (run, size)) over their common draws: the same seeds, the same test chapters."""
+    k = min(len(cells[a]), len(cells[b]))
+    return boot.gap([r["predictions"] for r in cells[a][:k]], [r["predictions"] for r in cells[b][:k]], refs)
+
+
+def size_claims(cells: dict, info: dict, sizes: list[int], refs: list[int], boot: Bootstrap) -> list[dict]:
+    """Each applicable claim (specialist.claims) at each size, then data efficiency: full with n labels per class
+    against scratch with 8n (where 8n was measured)."""
+    out = []
     for n in sizes:
-        b = mean(de, base, n)
-        pre = [(r, mean(de, r, n)) for r in s["runs"] if s["init"].get(r) == "pretrained" and mean(de, r, n)]
-        if b is None or not pre:
-            continue
-        beat = [r for r, a in pre if a > b]
-        vs = ", ".join(f"{r} {a:.1f}%" for r, a in pre)
-        lines.append(f"- At {n} labels per class, pre-trained runs beat {base} ({b:.1f}%): "
-                     f"{'all' if len(beat) == len(pre) else ', '.join(beat) if beat else 'none'} ({vs}).")  # fmt: skip
-    if s.get("augmentation"):
-        n = sizes[0]
-        for run, cell in s["augmentation"].items():
-            with_bt, without = cell["accuracy"]["mean"] * 100, mean(de, run, n)
-            gap = with_bt - without
-            lines.append(f"- Back-translation helps at {n} labels per class ({run}_bt vs {run}): "
-                         f"{'holds' if gap > 0 else 'does NOT hold'} ({with_bt:.1f}% vs {without:.1f}%, "
-                         f"{gap:+.1f} points, mean of {n_seeds} seeds; +2 targeted: "
-                         f"{'reached' if gap >= 2 else 'not reached'}).")  # fmt: skip
-    return lines
+        present = {r: info[r] for r in info if (r, n) in cells}
+        for c in applicable(present):
+            g = gap(cells, (c.a, n), (c.b, n), refs, boot)
+            out.append({"size": n, "claim": c.text, "a": c.a, "b": c.b, "threshold": c.threshold, "kind": c.kind,
+                        **g, "verdict": verdict(c, g["ci95"])})  # fmt: skip
+    for n in sizes:
+        m = 8 * n
+        if ("full", n) in cells and ("scratch", m) in cells:
+            c = Claim(
+                f"Data efficiency: full with {n} labels per class matches scratch with {m}", "full", "scratch", 0
+            )
+            g = gap(cells, ("full", n), ("scratch", m), refs, boot)
+            out.append({"size": n, "claim": c.text, "a": f"full@{n}", "b": f"scratch@{m}", "threshold": 0,
+                        "kind": "at_least", **g, "verdict": verdict(c, g["ci95"])})  # fmt: skip
+    return out
+
+
+def with_ci(c: dict, key: str = "accuracy") -> str:
+    return f"{c[key]:.3f} [{c[f'{key}_ci95'][0]:.3f}, {c[f'{key}_ci95'][1]:.3f}]"
+
+
+def forgetting_claim(f: dict, run: str) -> str:
+    """Forgetting grows with the rate: perplexity after fine-tuning rises at every step up the rates, and its
+    spread over draws at the highest rate clears the second-highest's."""
+    by = sorted((float(k), v["perplexity"]) for k, v in f["lr_scales"].items())  # ascending rate
+    if len(by) < 2:
+        return ""
+    rises = all(a[1]["mean"] < b[1]["mean"] for a, b in zip(by, by[1:], strict=False))
+    clear = min(by[-1][1]["values"]) > max(by[-2][1]["values"])
+    v = "holds" if rises and clear else "does not hold" if not rises else "not resolved"
+    row = ", ".join(f"{k:g}x {p['mean']:.1f}" for k, p in by)
+    return (f"- Forgetting grows with the fine-tuning learning rate: **{v}** (validation perplexity of the "
+            f"pre-training objective {f['perplexity_before']:.1f} before fine-tuning; after {run} at {row} of "
+            f"pre-training's rate; every draw at the highest rate above every draw at the next: "
+            f"{'yes' if clear else 'no'}).")  # fmt: skip
 
 
 def report(s: dict) -> str:
     sizes, de = s["sizes"], s["data_efficiency"]
-    runs = [*s["runs"], s["baseline"]]
+    runs = [*s["runs"], *s["baselines"]]
+    draws = ", ".join(f"{s['draws'][str(n)]} at {n}" for n in sizes)
     table = ["| run | " + " | ".join(f"{n} / class" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
     for r in runs:
         cells = [de[r].get(str(n)) for n in sizes]
-        shown = [f"{c['accuracy']['mean']:.3f} ± {c['accuracy']['std']:.3f}" if c else "-" for c in cells]
-        table.append(f"| {r} | " + " | ".join(shown) + " |")
+        table.append(f"| {r} | " + " | ".join(with_ci(c) if c else "-" for c in cells) + " |")
+    claim_rows = [line(Claim(c["claim"], c["a"], c["b"], c["threshold"], c["kind"]), c, f" at {c['size']} per class")
+                  for c in s["claims"]]  # fmt: skip
     lines = [
-        "# Study: the field's claims over seeds, labeled-set sizes and learning rates", "",
+        "# Study: the field's claims over labeled draws, labeled-set sizes and learning rates", "",
         f"Produced by `dvc repro study/dvc.yaml` (`python -m stages.study`) in {s['seconds'] / 60:.1f} min; every "
-        f"number from metrics/study.json. Test accuracy on {s['test_examples']} test verses, mean ± std over seeds "
-        f"{s['seeds']}; each seed draws its own labeled subset and seeds training. Early stopping and the baseline's "
-        "hyperparameters use the validation split only.", "",
-        "## The claims, as measured", "", *claims(s), "",
-        "## Data efficiency: test accuracy by labeled verses per class", "", *table, "",
+        f"number from metrics/study.json. Test accuracy on {s['test_examples']} verses of {s['test_chapters']} test "
+        f"chapters. Labeled draws per size: {draws}. Each draw samples its verses per class afresh from the "
+        f"{s['pool']} verses of the training chapters (seeded by the draw's index, nested across sizes) and seeds "
+        "training. Accuracy is the mean over draws, with its 95% interval from a bootstrap that resamples the test "
+        "chapters and the draws; a gap between two runs is paired (the same chapters, the same draws). Early "
+        "stopping and the baselines' choices see the validation split only.", "",
+        "## The claims, decided by the interval of the gap", "",
+        "A claim holds where the whole 95% interval of its gap clears the threshold, does not hold where the whole "
+        "interval misses it, and is not resolved where the interval straddles it.", "",
+        *claim_rows, *([forgetting_claim(s["forgetting"], s["forgetting_run"])] if s.get("forgetting") else []),
+        "", "## Data efficiency: test accuracy [95% CI] by labeled verses per class", "", *table, "",
         "![data efficiency](study/data_efficiency.png)", "",
     ]  # fmt: skip
     if aug := s.get("augmentation"):
-        lines += [f"## Back-translation at {sizes[0]} labels per class", "",
-                  "| run | without | with paraphrases | gain (points) | paraphrases added (mean) |",
-                  "|---|---|---|---|---|"]  # fmt: skip
-        for r, c in aug.items():
-            base = de[r][str(sizes[0])]["accuracy"]["mean"]
-            lines.append(f"| {r} | {base:.3f} | {c['accuracy']['mean']:.3f} ± {c['accuracy']['std']:.3f} "
-                         f"| {(c['accuracy']['mean'] - base) * 100:+.1f} | {c['paraphrases']:.0f} |")  # fmt: skip
-        if (q := s.get("translation")) and "skipped" in q:
-            lines += ["", f"Back-translation was not measured: {q['skipped']}."]
-        elif q:
-            drops = ", ".join(f"{k} {v}" for k, v in q["drops"].items())
-            lines += ["", f"Why, in numbers: the translators score BLEU {q['bleu_en_es']} en->es and "
-                      f"{q['bleu_es_en']} es->en, round-trip chrF {q['round_trip_chrf']} ({TRANSLATE_METRICS}); the "
-                      f"quality filter kept {q['kept']} of {q['generated']} paraphrases, dropping {drops} "
-                      f"({AUGMENT_METRICS}). Kept and dropped pairs: data/6_augment/samples.jsonl."]  # fmt: skip
-            if (fl := q.get("fluency")) and "skipped" not in fl:
-                lines[-1] += (f" Median perplexity under the fluency model: source verses {fl['source_median']}, "
-                              f"kept paraphrases {fl['kept_median']}, dropped {fl['dropped_median']}.")  # fmt: skip
-        lines.append("")
+        lines += ["## Back-translation", "",
+                  "| run | size | without | with paraphrases | gain, points [95% CI] | paraphrases added (mean) |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r, by_size in aug.items():
+            for n, c in by_size.items():
+                g = c["gain"]
+                lines.append(f"| {r} | {n} | {with_ci(de[r][n])} | {with_ci(c)} | {g['gap']:+.1f} "
+                             f"[{g['ci95'][0]:+.1f}, {g['ci95'][1]:+.1f}] | {c['paraphrases']:.0f} |")  # fmt: skip
+        lines += ["", *translation_lines(s.get("translation")), ""]
     if f := s.get("forgetting"):
         lines += [f"## Forgetting: {s['forgetting_run']} at {s['default_size']} labels per class", "",
                   f"Validation perplexity of the pre-training objective: {f['perplexity_before']:.2f} before "
                   "fine-tuning.", "",
-                  "| learning rate (x pre-training's) | perplexity after | test accuracy |",
+                  "| learning rate (x pre-training's) | perplexity after (mean ± std over draws) | test accuracy |",
                   "|---|---|---|"]  # fmt: skip
         for k, v in sorted(f["lr_scales"].items(), key=lambda kv: -float(kv[0])):
             lines.append(f"| {float(k):g} | {v['perplexity']['mean']:.2f} ± {v['perplexity']['std']:.2f} "
-                         f"| {v['accuracy']['mean']:.3f} ± {v['accuracy']['std']:.3f} |")  # fmt: skip
+                         f"| {with_ci(v)} |")  # fmt: skip
         lines.append("")
     return "\n".join(lines)
+
+
+def translation_lines(q: dict | None) -> list[str]:
+    """What explains back-translation's effect, in numbers: the translators and the gate's counts."""
+    if not q:
+        return []
+    if "skipped" in q:
+        return [f"Back-translation was not measured: {q['skipped']}."]
+    drops = ", ".join(f"{k} {v}" for k, v in q["drops"].items())
+    return [f"The study's paraphrases: {q['kept']} kept of {q['generated']} generated for its drawn verses by "
+            f"{q['translators']}, dropping {drops}. The translators' quality side by side: {TRANSLATE_METRICS} "
+            "(reports/translate.md)."]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,48 +242,160 @@ def perplexity(body, pretrained: Path, blocks: torch.Tensor, batch_size: int = 3
     return math.exp(lm_loss(lm.to(dev), blocks, batch_size, dev, masking=masking))
 
 
-def fit_neural(run, t, lr: float, train_set, val_set, test_set, pad_id: int, labels: list[str], fp: str,
+def fit_neural(run, t, lr: float, train_set, val_set, test_set, pad_id: int, n_labels: int, fp: str,
                blocks=None) -> dict:  # fmt: skip
-    """One fine-tuning run (stages.finetune's model and loop, resumable from CHECKPOINTS/train); test scores, and
-    perplexity when `blocks` is given."""
-    from stages.evaluate import score
+    """One fine-tuning run (stages.finetune's model and loop, resumable from CHECKPOINTS/train): its test
+    predictions, and perplexity when `blocks` is given."""
     from stages.finetune import build_classifier, predict, train
     from stages.training import remove_checkpoint
 
     seed_everything(t.seed)
-    model = build_classifier(run, PRETRAINED, len(labels), t)
+    model = build_classifier(run, PRETRAINED, n_labels, t)
     best, curve = train(model, train_set, val_set, lr, t, pad_id, CHECKPOINTS / "train", fp)
     model.load_state_dict(best, strict=False)  # the best trainable tensors; the frozen ones never moved
     remove_checkpoint(CHECKPOINTS / "train")
-    out = score(predict(model, test_set[0], pad_id, t.eval_batch_size), test_set[1], labels)
+    out = {"predictions": predict(model, test_set[0], pad_id, t.eval_batch_size)}
     out["best_epoch"] = max(curve, key=lambda c: c["val_accuracy"])["epoch"]
     if blocks is not None:
         out["perplexity"] = perplexity(model.cpu().body, PRETRAINED, blocks)
     return out
 
 
-def fit_baseline(bp, train_set, val_set, test_set, labels: list[str]) -> dict:
+def fit_baseline(bp, train_set, val_set, test_set) -> dict:
     from stages.baseline import search
-    from stages.evaluate import score
 
     pipe, chosen, _ = search(train_set, val_set, bp)
-    return {**score(pipe.predict(test_set[0]).tolist(), test_set[1], labels), "chosen": chosen}
+    return {"predictions": pipe.predict(test_set[0]).tolist(), "chosen": chosen}
 
 
 def columns(ds, *names) -> list[list]:
     return [list(ds[n]) for n in names]
 
 
-def run(p: StudyParams) -> dict:
+@dataclass
+class Inputs:
+    """What every cell reads: the pool to draw from, validation and test, the tokenizer's pad, the paraphrases."""
+
+    pool: dict  # column -> list: input_ids, text, label, book, chapter, verse
+    val: dict
+    test: dict
+    labels: list[str]
+    pad_id: int
+    base_lr: float
+    blocks: torch.Tensor
+    fingerprint: str
+
+
+def load_inputs() -> Inputs:
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
+    from stages.training import fingerprint
+
+    task = load_from_disk(str(TASK))
+    cols = ("input_ids", "text", "label", "book", "chapter", "verse")
+    split = {name: dict(zip(cols, columns(task[name], *cols), strict=True)) for name in ("pool", "validation", "test")}
+    return Inputs(
+        pool=split["pool"], val=split["validation"], test=split["test"], labels=task["train"].features["label"].names,
+        pad_id=AutoTokenizer.from_pretrained(TOKENIZER).pad_token_id,
+        base_lr=json.loads((PRETRAINED / "meta.json").read_text())["params"]["lr"],
+        blocks=torch.tensor(load_from_disk(str(BLOCKS))["validation"]["input_ids"], dtype=torch.long),
+        fingerprint=fingerprint({}, TASK, TOKENIZER, PRETRAINED, BLOCKS),
+    )  # fmt: skip
+
+
+class Cells:
+    """Fits the study's cells, each once: a finished cell is kept in CHECKPOINTS/<key>.json until the study ends."""
+
+    def __init__(self, x: Inputs, t0, runs: dict, bp, paraphrases: dict):
+        self.x, self.t0, self.runs, self.bp, self.paraphrases = x, t0, runs, bp, paraphrases
+
+    def cached(self, what: dict, fit) -> dict:
+        from stages.training import fingerprint
+
+        key = fingerprint({**what, "inputs": self.x.fingerprint})
+        path = CHECKPOINTS / f"{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        t1 = time.perf_counter()
+        res = fit(key)
+        res = {**res, "accuracy": accuracy(res["predictions"], self.x.test["label"]), "seed": what["seed"],
+               "seconds": round(time.perf_counter() - t1, 1)}  # fmt: skip
+        write_json(res, path)
+        return res
+
+    def extra(self, idx: list[int]) -> list[tuple[str, list[int], int]]:
+        """The paraphrases of the drawn verses: (text, input_ids, label) each."""
+        keys = (self.key(i) for i in idx)
+        return [p for k in keys for p in self.paraphrases.get(k, [])]
+
+    def key(self, i: int) -> tuple:
+        return (self.x.pool["book"][i], self.x.pool["chapter"][i], self.x.pool["verse"][i])
+
+    def neural(self, name: str, seed: int, scale: float, idx: list[int], augmented=False, ppl=False) -> dict:
+        x, extra = self.x, self.extra(idx) if augmented else []
+        t = replace(self.t0, seed=seed)
+        train_set = ([x.pool["input_ids"][i] for i in idx] + [e[1] for e in extra],
+                     [x.pool["label"][i] for i in idx] + [e[2] for e in extra])  # fmt: skip
+        from stages.finetune import recorded
+
+        what = {"run": recorded(self.runs[name]), "train": asdict(t), "lr_scale": scale, "seed": seed,
+                "train_set": train_set, "perplexity": ppl}  # fmt: skip
+        val, test = (x.val["input_ids"], x.val["label"]), (x.test["input_ids"], x.test["label"])
+        blocks, lr = x.blocks if ppl else None, x.base_lr * scale
+        res = self.cached(what, lambda fp: fit_neural(self.runs[name], t, lr, train_set, val, test, x.pad_id,
+                                                      len(x.labels), fp, blocks))  # fmt: skip
+        return {**res, "paraphrases": len(extra)}
+
+    def baseline(self, seed: int, idx: list[int], augmented=False) -> dict:
+        x, extra = self.x, self.extra(idx) if augmented else []
+        train_set = ([x.pool["text"][i] for i in idx] + [e[0] for e in extra],
+                     [x.pool["label"][i] for i in idx] + [e[2] for e in extra])  # fmt: skip
+        what = {"baseline": asdict(self.bp), "seed": seed, "train_set": train_set}
+        res = self.cached(what, lambda _: fit_baseline(self.bp, train_set, (x.val["text"], x.val["label"]),
+                                                       (x.test["text"], x.test["label"])))  # fmt: skip
+        return {**res, "paraphrases": len(extra)}
+
+
+def accuracy(predictions: list[int], references: list[int]) -> float:
+    from specialist.scoring import accuracy as acc
+
+    return round(acc(predictions, references), 4)
+
+
+def back_translations(x: Inputs, rows: list[int]) -> tuple[dict, dict]:
+    """The augment stage's paraphrases (its translators, gate and cache) of the pool verses `rows`:
+    {verse key: [(text, input_ids, label)]}, and the gate's counts."""
+    from transformers import AutoTokenizer
+
+    from stages.augment import AugmentParams, paraphrase
+
+    p = load_params("augment", AugmentParams)
+    verses = [{k: x.pool[k][i] for k in ("text", "label", "book", "chapter", "verse")} for i in rows]
+    kept, dropped, stats = paraphrase(verses, p)
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    max_length = max(len(x.pool["input_ids"][i]) for i in rows)
+    ids = tokenizer([c["text"] for c in kept], add_special_tokens=False, truncation=True, max_length=max_length)
+    out = {}
+    for c, seq in zip(kept, ids["input_ids"], strict=True):
+        out.setdefault((c["book"], c["chapter"], c["verse"]), []).append((c["text"], seq, c["label"]))
+    drops = {}
+    for reason, _ in dropped:
+        drops[reason] = drops.get(reason, 0) + 1
+    translators = p.translators if isinstance(p.translators, str) else "the translators of augment.translators"
+    return out, {"generated": stats["generated"], "kept": len(kept), "drops": dict(sorted(drops.items())),
+                 "translators": translators}  # fmt: skip
+
+
+def run(p: StudyParams) -> dict:
     from stages.baseline import BaselineParams, BaselineRunParams
-    from stages.finetune import RunParams, TrainParams, build_classifier, load_body, recorded
-    from stages.training import count_params, fingerprint
+    from stages.evaluate import EvaluateParams
+    from stages.finetune import RunParams, TrainParams, build_classifier
+    from stages.training import count_params
 
     start = time.perf_counter()
     t0 = load_params("finetune.train", TrainParams)
+    ep = load_params("evaluate", EvaluateParams)
     runs = {name: load_params(f"finetune.runs.{name}", RunParams) for name in {*p.runs, p.forgetting_run}}
     if runs[p.forgetting_run].init != "pretrained":
         raise ParamsError(f"forgetting_run: {p.forgetting_run!r} must have init pretrained")
@@ -290,164 +403,124 @@ def run(p: StudyParams) -> dict:
         raise ParamsError(f"runs: {', '.join(own)} start from a checkpoint of their own; the study scales "
                           f"pre-training's rate and uses its tokenizer: scratch and pretrained runs only")  # fmt: skip
     bp = load_params("baseline.train", BaselineParams)
-    load_params(f"baseline.runs.{p.baseline}", BaselineRunParams)
-    base_lr = json.loads((PRETRAINED / "meta.json").read_text())["params"]["lr"]
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
-    pad_id = tokenizer.pad_token_id
+    for b in p.baselines:
+        load_params(f"baseline.runs.{b}", BaselineRunParams)
 
-    task = load_from_disk(str(TASK))
-    labels = task["train"].features["label"].names
-    keys = list(zip(*columns(task["pool"], "book", "chapter", "verse"), strict=True))
-    pool_ids, pool_texts, pool_labels = columns(task["pool"], "input_ids", "text", "label")
-    train_keys = set(zip(*columns(task["train"], "book", "chapter", "verse"), strict=True))
-    default = len(task["train"]) // len(labels)
-    val_ids, val_texts, val_labels = columns(task["validation"], "input_ids", "text", "label")
-    test_ids, test_texts, test_labels = columns(task["test"], "input_ids", "text", "label")
-    blocks = torch.tensor(load_from_disk(str(BLOCKS))["validation"]["input_ids"], dtype=torch.long)
-    paraphrases = {}  # verse key -> [(text, input_ids, label)] of its back-translations
-    if p.augmented_runs and len(aug := load_from_disk(str(AUGMENT))):
-        max_length = max(len(s) for s in task["train"]["input_ids"])
-        ids = tokenizer(list(aug["text"]), add_special_tokens=False, truncation=True, max_length=max_length)
-        aug_keys = zip(*columns(aug, "book", "chapter", "verse"), strict=True)
-        for k, text, seq, y in zip(aug_keys, aug["text"], ids["input_ids"], aug["label"], strict=True):
-            paraphrases.setdefault(k, []).append((text, seq, y))
+    x = load_inputs()
+    sizes = sorted(p.draws)
+    default = default_size()
+    plan = {n: [draw(x.pool["label"], n, d) for d in range(p.draws[n])] for n in sizes}
+    to_translate = sorted({i for n in p.augmented_sizes for idx in plan[n] for i in idx})
+    paraphrases, translation = back_translations(x, to_translate) if p.augmented_runs and to_translate else ({}, None)
+    cells_of = Cells(x, t0, runs, bp, paraphrases)
 
-    inputs = fingerprint({}, TASK, TOKENIZER, PRETRAINED, AUGMENT, BLOCKS)
-
-    def cached(what: dict, fit) -> dict:
-        """fit()'s result, or the one a killed study already finished for the same `what` and inputs."""
-        key = fingerprint({**what, "inputs": inputs})
-        path = CHECKPOINTS / f"{key}.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        t1 = time.perf_counter()
-        res = {**fit(key), "seed": what["seed"], "seconds": 0.0}
-        res["seconds"] = round(time.perf_counter() - t1, 1)
-        write_json(res, path)
-        return res
-
-    def neural(name, t, scale, idx, extra=(), ppl=False):
-        train_set = (
-            [pool_ids[i] for i in idx] + [r[1] for r in extra],
-            [pool_labels[i] for i in idx] + [r[2] for r in extra],
-        )
-        what = {"run": recorded(runs[name]), "train": asdict(t), "lr_scale": scale, "seed": t.seed,
-                "train_set": train_set, "perplexity": ppl}  # fmt: skip
-        return cached(what, lambda fp: fit_neural(
-            runs[name], t, base_lr * scale, train_set, (val_ids, val_labels), (test_ids, test_labels), pad_id, labels,
-            fp, blocks if ppl else None))  # fmt: skip
-
-    def baseline(idx, seed, extra=()):
-        train_set = (
-            [pool_texts[i] for i in idx] + [r[0] for r in extra],
-            [pool_labels[i] for i in idx] + [r[2] for r in extra],
-        )
-        what = {"baseline": asdict(bp), "seed": seed, "train_set": train_set}
-        return cached(
-            what, lambda _: fit_baseline(bp, train_set, (val_texts, val_labels), (test_texts, test_labels), labels)
-        )
-
-    cells: dict = {}  # (run, size) -> [result per seed]
-    sizes = sorted(set(p.sizes))
-    for size in sizes:
-        for seed in p.seeds:
-            t = replace(t0, seed=seed)
-            idx = draw(keys, pool_labels, train_keys, size, seed)
-            extra = [row for i in idx for row in paraphrases.get(keys[i], [])] if size == sizes[0] else []
+    cells: dict = {}  # (run, size) -> [result per draw]
+    for n in sizes:
+        for d, idx in enumerate(plan[n]):
+            bt = n in p.augmented_sizes
             for name in p.runs:
-                ppl = name == p.forgetting_run and size == default
-                cells.setdefault((name, size), []).append(neural(name, t, runs[name].lr_scale, idx, ppl=ppl))
-                if extra and name in p.augmented_runs:
-                    res = neural(name, t, runs[name].lr_scale, idx, extra)
-                    cells.setdefault((f"{name}_bt", size), []).append({**res, "paraphrases": len(extra)})
-            cells.setdefault((p.baseline, size), []).append(baseline(idx, seed))
-            if extra and p.baseline in p.augmented_runs:
-                res = baseline(idx, seed, extra)
-                cells.setdefault((f"{p.baseline}_bt", size), []).append({**res, "paraphrases": len(extra)})
-            done = {f"{r}@{n}": round(v[-1]["accuracy"], 4) for (r, n), v in cells.items() if n == size}
-            print(f"size {size} seed {seed}: test accuracy {done}", flush=True)
+                ppl = name == p.forgetting_run and n == default and d < p.forgetting_draws
+                cells.setdefault((name, n), []).append(cells_of.neural(name, d, runs[name].lr_scale, idx, ppl=ppl))
+                if bt and name in p.augmented_runs:
+                    res = cells_of.neural(name, d, runs[name].lr_scale, idx, augmented=True)
+                    cells.setdefault((f"{name}_bt", n), []).append(res)
+            for b in p.baselines:
+                cells.setdefault((b, n), []).append(cells_of.baseline(d, idx))
+                if bt and b in p.augmented_runs:
+                    cells.setdefault((f"{b}_bt", n), []).append(cells_of.baseline(d, idx, augmented=True))
+            done = {f"{r}": v[-1]["accuracy"] for (r, m), v in cells.items() if m == n and len(v) == d + 1}
+            print(f"size {n} draw {d}: test accuracy {done}", flush=True)
 
-    forgetting = None
-    if default in sizes and p.forgetting_run in p.runs and p.forgetting_lr_scales:
+    forgetting_cells = {}
+    if default in plan and p.forgetting_run in p.runs and p.forgetting_lr_scales:
         fr = runs[p.forgetting_run]
-        scales = {fr.lr_scale: cells[(p.forgetting_run, default)]}
+        forgetting_cells[fr.lr_scale] = cells[(p.forgetting_run, default)][: p.forgetting_draws]
         for scale in sorted(set(p.forgetting_lr_scales) - {fr.lr_scale}):
-            for seed in p.seeds:
-                idx = draw(keys, pool_labels, train_keys, default, seed)  # the train split
-                res = neural(p.forgetting_run, replace(t0, seed=seed), scale, idx, ppl=True)
-                scales.setdefault(scale, []).append(res)
-                print(f"forgetting {scale:g}x seed {seed}: perplexity {res['perplexity']:.2f}", flush=True)
-        forgetting = {
-            "perplexity_before": perplexity(load_body(PRETRAINED), PRETRAINED, blocks),
-            "lr_scales": {f"{k:g}": {"perplexity": summary([round(r["perplexity"], 3) for r in v]),
-                                     "accuracy": summary([r["accuracy"] for r in v])}
-                          for k, v in sorted(scales.items())},
-        }  # fmt: skip
-    elif p.forgetting_lr_scales:
-        print(f"forgetting: skipped, needs {p.forgetting_run} in study.runs and {default} in study.sizes")
-
-    def cell(rs):
-        return {"accuracy": summary([r["accuracy"] for r in rs]), "macro_f1": summary([r["macro_f1"] for r in rs]),
-                "seeds": rs}  # fmt: skip
+            for d, idx in enumerate(plan[default][: p.forgetting_draws]):
+                res = cells_of.neural(p.forgetting_run, d, scale, idx, ppl=True)
+                forgetting_cells.setdefault(scale, []).append(res)
+                print(f"forgetting {scale:g}x draw {d}: perplexity {res['perplexity']:.2f}", flush=True)
 
     shares = {}
     for name in p.runs:
-        trainable, total = count_params(build_classifier(runs[name], PRETRAINED, len(labels), t0))
+        trainable, total = count_params(build_classifier(runs[name], PRETRAINED, len(x.labels), t0))
         shares[name] = round(trainable / total, 5)
-    bt_cells = {r: cells[(f"{r}_bt", sizes[0])] for r in p.augmented_runs if (f"{r}_bt", sizes[0]) in cells}
+    info = {name: {"init": r.init, "augmented": False} for name, r in runs.items() if name in p.runs}
+    info |= {b: {"init": "none", "augmented": False} for b in p.baselines}
+    info |= {f"{r}_bt": {**info[r], "augmented": True} for r in p.augmented_runs}
+    boot = Bootstrap(list(zip(x.test["book"], x.test["chapter"], strict=True)), ep.replicates, ep.seed)
+    refs, k = x.test["label"], len(x.labels)
     result = {
-        "sizes": sizes, "seeds": p.seeds, "default_size": default, "runs": p.runs, "baseline": p.baseline,
-        "test_examples": len(test_labels), "forgetting_run": p.forgetting_run, "trainable_share": shares,
-        "init": {name: r.init for name, r in runs.items()},
-        "data_efficiency": {name: {str(n): cell(cells[(name, n)]) for n in sizes if (name, n) in cells}
-                            for name in [*p.runs, p.baseline]},
-        "augmentation": {name: {**cell(rs), "paraphrases": statistics.fmean(r["paraphrases"] for r in rs)}
-                         for name, rs in bt_cells.items()},
-        "forgetting": forgetting,
-        "translation": translation_quality() if bt_cells else None,
+        "sizes": sizes, "draws": {str(n): p.draws[n] for n in sizes}, "default_size": default,
+        "runs": p.runs, "baselines": p.baselines, "pool": len(x.pool["label"]),
+        "test_examples": len(refs), "test_chapters": len(set(boot.ids.tolist())), "forgetting_run": p.forgetting_run,
+        "interval": "95%, bootstrap over test chapters and labeled draws; gaps paired", "trainable_share": shares,
+        "data_efficiency": {name: {str(n): cell_summary(cells[(name, n)], refs, boot, k) for n in sizes
+                                   if (name, n) in cells} for name in [*p.runs, *p.baselines]},
+        "augmentation": {name: {str(n): {**cell_summary(cells[(f"{name}_bt", n)], refs, boot, k),
+                                         "gain": gap(cells, (f"{name}_bt", n), (name, n), refs, boot),
+                                         "paraphrases": statistics.fmean(r["paraphrases"]
+                                                                         for r in cells[(f"{name}_bt", n)])}
+                                for n in p.augmented_sizes if (f"{name}_bt", n) in cells}
+                         for name in p.augmented_runs},
+        "claims": size_claims(cells, info, sizes, refs, boot),
+        "forgetting": forgetting(forgetting_cells, x, refs, boot, k) if forgetting_cells else None,
+        "translation": translation,
     }  # fmt: skip
+    if translation is None and p.augmented_runs:
+        result["translation"] = {"skipped": "no verse to back-translate"}
     result["seconds"] = round(time.perf_counter() - start, 1)
-    result["claims"] = claims(result)
+    result["_predictions"] = {f"{r}@{n}": [c["predictions"] for c in v] for (r, n), v in cells.items()}
     return result
 
 
-def translation_quality() -> dict | None:
-    """What explains back-translation's effect: translator BLEU/chrF and the paraphrase filter's counts."""
-    if not (TRANSLATE_METRICS.exists() and AUGMENT_METRICS.exists()):
-        return None
-    t, a = json.loads(TRANSLATE_METRICS.read_text()), json.loads(AUGMENT_METRICS.read_text())
-    if skipped := a.get("skipped") or t.get("skipped"):  # no parallel corpus: nothing was back-translated
-        return {"skipped": skipped}
-    return {"bleu_en_es": t["en-es"]["bleu"], "bleu_es_en": t["es-en"]["bleu"],
-            "round_trip_chrf": t["round_trip_chrf"], "generated": a["generated"], "kept": a["kept"],
-            "drops": a["drops"], **({"fluency": a["fluency"]} if "fluency" in a else {})}  # fmt: skip
+def forgetting(by_scale: dict, x: Inputs, refs: list[int], boot: Bootstrap, k: int) -> dict:
+    from stages.finetune import load_body
+
+    return {
+        "perplexity_before": perplexity(load_body(PRETRAINED), PRETRAINED, x.blocks),
+        "lr_scales": {f"{s:g}": {"perplexity": summary([round(r["perplexity"], 3) for r in v]),
+                                 **cell_summary(v, refs, boot, k)} for s, v in sorted(by_scale.items())},
+    }  # fmt: skip
+
+
+def default_size() -> int:
+    """The pipeline's own labeled verses per class (ingest.train_per_class): where forgetting is measured."""
+    from datasets import load_from_disk
+
+    train = load_from_disk(str(TASK))["train"]
+    return len(train) // len(train.features["label"].names)
 
 
 def plot(s: dict, out: Path) -> None:
-    """data_efficiency.csv (for `dvc plots`) and data_efficiency.png: mean test accuracy by labeled-set size."""
+    """data_efficiency.csv (for `dvc plots`) and data_efficiency.png: mean test accuracy by labeled-set size, with
+    the 95% intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [*s["runs"], s["baseline"]]
+    names = [*s["runs"], *s["baselines"]]
     de = s["data_efficiency"]
     rows = ["size," + ",".join(names)]
     for n in s["sizes"]:
-        cells = [str(de[r][str(n)]["accuracy"]["mean"]) if str(n) in de[r] else "" for r in names]
+        cells = [str(de[r][str(n)]["accuracy"]) if str(n) in de[r] else "" for r in names]
         rows.append(f"{n}," + ",".join(cells))
     out.mkdir(parents=True, exist_ok=True)
     write_text("\n".join(rows) + "\n", out / "data_efficiency.csv")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for r in names:
-        pts = [(n, de[r][str(n)]["accuracy"]) for n in s["sizes"] if str(n) in de[r]]
-        ax.errorbar([n for n, _ in pts], [a["mean"] for _, a in pts], yerr=[a["std"] for _, a in pts], marker="o",
-                    capsize=3, label=r, linestyle="--" if r == s["baseline"] else "-")  # fmt: skip
+        pts = [(n, de[r][str(n)]) for n in s["sizes"] if str(n) in de[r]]
+        ys = [c["accuracy"] for _, c in pts]
+        err = [[y - c["accuracy_ci95"][0] for y, (_, c) in zip(ys, pts, strict=True)],
+               [c["accuracy_ci95"][1] - y for y, (_, c) in zip(ys, pts, strict=True)]]  # fmt: skip
+        ax.errorbar([n for n, _ in pts], ys, yerr=err, marker="o", capsize=3, label=r,
+                    linestyle="--" if r in s["baselines"] else "-")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_xticks(s["sizes"], [str(n) for n in s["sizes"]])
     ax.set_xlabel("labeled verses per class")
-    ax.set_ylabel(f"test accuracy (mean of {len(s['seeds'])} seeds)")
-    ax.set_title("Data efficiency: verse -> genre, 7 classes")
+    ax.set_ylabel("test accuracy (mean over draws, 95% CI)")
+    ax.set_title("Data efficiency")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -457,17 +530,30 @@ def plot(s: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def write_predictions(predictions: dict, path: Path) -> None:
+    """Every cell's test predictions, one JSON line per cell and draw (gzip, written atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with gzip.GzipFile(tmp, "wb", mtime=0) as f:  # mtime 0: the same predictions, the same bytes
+        for cell, draws in predictions.items():
+            for d, preds in enumerate(draws):
+                f.write((json.dumps({"cell": cell, "draw": d, "predictions": preds}) + "\n").encode())
+    tmp.replace(path)
+
+
 def main() -> None:
     p = load_params("study", StudyParams)
     try:
         s = run(p)
     except ParamsError as e:
         fail(f"params.yaml: study.{e}")
+    write_predictions(s.pop("_predictions"), PREDICTIONS)
     write_json(s, METRICS)
     plot(s, PLOTS)
     write_text(report(s), REPORT)
     shutil.rmtree(CHECKPOINTS, ignore_errors=True)
-    print("\n".join(s["claims"]))
+    print("\n".join(line(Claim(c["claim"], c["a"], c["b"], c["threshold"], c["kind"]), c, f" at {c['size']}")
+                    for c in s["claims"]))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ VERSES = {
 TINY = {
     "ingest.train_per_class": 8,
     "ingest.eval_per_class": 10,
+    "ingest.test_per_class": 10,
     "tokenize.vocab_size": 512,
     "tokenize.block_size": 64,
     "tokenize.max_length": 48,

@@ -185,7 +185,7 @@ def test_own_data_becomes_the_three_artifacts_with_the_bundled_columns(files):
     assert task["train"].features["label"].names == ["negative", "positive"]
     assert task["train"].column_names == ["text", "label", "book", "chapter", "verse"]
     assert counts["task_train_per_class"] == {"negative": 4, "positive": 4}
-    assert counts["task"] == {"train": 8, "validation": 6, "test": 6, "pool": 24}  # 40: 8 test, 8 validation
+    assert counts["task"] == {"train": 8, "validation": 6, "test": 8, "pool": 24}  # 40: 8 test (all), 8 validation
     splits = json.loads((out / "splits.json").read_text())
     for name in ("validation", "test"):
         assert {splits[f"task.{c}"] for c in task[name]["chapter"]} == {name}
@@ -214,7 +214,7 @@ def test_given_validation_and_test_splits_are_used_as_they_are(files):
     ds = load_from_disk(str(out / "task"))
     assert counts["task_splits_given"] == ["validation", "test"] and len(ds["pool"]) == 40
     assert set(ds["validation"]["book"]) == {"validation"} and set(ds["test"]["book"]) == {"test"}
-    assert counts["task"]["validation"] == 6 and counts["task"]["test"] == 6  # eval_per_class 3 x 2 of the 8
+    assert counts["task"]["validation"] == 6 and counts["task"]["test"] == 8  # eval_per_class 3 x 2; every test row
 
 
 def test_a_corpus_document_that_is_a_held_out_text_is_dropped_and_counted(files):

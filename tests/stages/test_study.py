@@ -1,6 +1,7 @@
 """study: nested seeded subsets, perplexity of a fine-tuned body, the claims as measured, and the whole study as a
 DVC target on the tiny project (outside the main `dvc repro`)."""
 
+import gzip
 import json
 import math
 import shutil
@@ -9,59 +10,88 @@ import pytest
 import torch
 import yaml
 
-from stages.study import claims, draw, perplexity, report, summary, translation_quality
+from specialist.scoring import Bootstrap
+from stages.study import cell_summary, draw, perplexity, report, size_claims
 from tests.conftest import run
 
-KEYS = [("B", c, v) for c in range(1, 4) for v in range(1, 21)]  # 60 verses
-LABELS = [i % 3 for i in range(len(KEYS))]  # 3 classes, 20 each
-TRAIN = {k for i, k in enumerate(KEYS) if i < 15}  # 5 per class: the pipeline's own train split
+LABELS = [i % 3 for i in range(60)]  # a pool of 60 verses, 3 classes, 20 each
 
 
-def test_draw_is_balanced_nested_seeded_and_starts_from_the_train_split():
-    small, default, large = (draw(KEYS, LABELS, TRAIN, n, seed=0) for n in (2, 5, 12))
+def test_draw_is_balanced_nested_seeded_and_fresh_for_every_draw():
+    small, default, large = (draw(LABELS, n, seed=0) for n in (2, 5, 12))
     for picked, n in ((small, 2), (default, 5), (large, 12)):
         assert [LABELS[i] for i in picked].count(0) == n and len(picked) == 3 * n
     assert set(small) < set(default) < set(large)  # nested
-    assert {KEYS[i] for i in default} == TRAIN  # the default size is the train split itself
-    assert {KEYS[i] for i in small} <= TRAIN  # smaller sizes draw from it (their paraphrases exist)
-    assert draw(KEYS, LABELS, TRAIN, 2, seed=0) == small  # seeded
-    assert draw(KEYS, LABELS, TRAIN, 2, seed=1) != small
+    assert draw(LABELS, 5, seed=0) == default  # seeded
+    others = [set(draw(LABELS, 5, seed=d)) for d in range(1, 5)]
+    assert all(o != set(default) for o in others)  # every draw its own labeled set, at the default size too
+    assert len(set().union(*others, default)) > 3 * 5 * 2  # together they cover much of the pool
 
 
-def test_summary_and_claims_state_each_claim_with_numbers():
-    assert summary([0.5, 0.7]) == {"mean": 0.6, "std": 0.1414, "values": [0.5, 0.7]}
+def cells_for(accuracies: dict, refs: list[int]) -> dict:
+    """(run, size) -> results of draws that are right on a fixed, evenly spread share `acc` of the verses (the verses
+    one run gets right are a subset of what a more accurate one gets right)."""
+    out = {}
+    for (name, size), accs in accuracies.items():
+        right = [[(i * 37) % 100 < a * 100 for i in range(len(refs))] for a in accs]
+        out[(name, size)] = [{"predictions": [y if ok else (y + 1) % 3 for ok, y in zip(r, refs, strict=True)],
+                              "accuracy": a} for r, a in zip(right, accs, strict=True)]  # fmt: skip
+    return out
 
-    def cell(acc):
-        return {"accuracy": {"mean": acc, "std": 0.0, "values": [acc]}}
 
+def test_claims_at_each_size_are_decided_by_paired_intervals():
+    refs = [i % 3 for i in range(400)]
+    boot = Bootstrap([i // 20 for i in range(400)], replicates=500)  # 20 chapters of 20 verses
+    cells = cells_for({("scratch", 8): [0.30, 0.32], ("full", 8): [0.50, 0.52], ("lora", 8): [0.49, 0.51],
+                       ("tfidf", 8): [0.70, 0.70], ("scratch", 64): [0.40, 0.40]}, refs)  # fmt: skip
+    info = {
+        "scratch": {"init": "scratch", "augmented": False},
+        "full": {"init": "pretrained", "augmented": False},
+        "lora": {"init": "pretrained", "augmented": False},
+        "tfidf": {"init": "none", "augmented": False},
+    }
+    by = {(c["a"], c["b"]): c for c in size_claims(cells, info, [8, 64], refs, boot)}
+    assert by[("full", "scratch")]["verdict"] == "holds" and by[("full", "scratch")]["gap"] == 20.0
+    assert by[("lora", "full")]["verdict"] == "holds"  # -1.0, paired: the same verses right in both
+    assert by[("full", "tfidf")]["verdict"] == "does not hold"
+    assert by[("full@8", "scratch@64")]["verdict"] == "holds" and by[("full@8", "scratch@64")]["gap"] == 11.0
+    assert all(c["size"] == 8 for c in by.values())
+
+
+def test_report_states_each_claim_with_its_interval_and_the_tables():
+    refs = [i % 3 for i in range(300)]
+    boot = Bootstrap([i // 15 for i in range(300)], replicates=300)
+    cells = cells_for({("scratch", 8): [0.3], ("full", 8): [0.45], ("full_bt", 8): [0.5], ("tfidf", 8): [0.4]}, refs)
+    info = {
+        "scratch": {"init": "scratch", "augmented": False},
+        "full": {"init": "pretrained", "augmented": False},
+        "full_bt": {"init": "pretrained", "augmented": True},
+        "tfidf": {"init": "none", "augmented": False},
+    }
+    summ = {r: {"8": cell_summary(cells[(r, 8)], refs, boot, 3)} for r in ("scratch", "full", "tfidf")}
     s = {
-        "sizes": [8, 32, 128], "default_size": 32, "seeds": [0], "runs": ["scratch", "full", "lora"],
-        "baseline": "tfidf", "init": {"scratch": "scratch", "full": "pretrained", "lora": "pretrained"},
-        "trainable_share": {"lora": 0.03},
-        "data_efficiency": {
-            "scratch": {"8": cell(0.20), "32": cell(0.30), "128": cell(0.45)},
-            "full": {"8": cell(0.35), "32": cell(0.50), "128": cell(0.60)},
-            "lora": {"8": cell(0.30), "32": cell(0.49), "128": cell(0.58)},
-            "tfidf": {"8": cell(0.32), "32": cell(0.40), "128": cell(0.70)},
-        },
-        "augmentation": {"full": {**cell(0.40), "paraphrases": 70}},
-        "forgetting_run": "full",
+        "sizes": [8], "draws": {"8": 1}, "default_size": 8, "runs": ["scratch", "full"], "baselines": ["tfidf"],
+        "pool": 900, "test_examples": 300, "test_chapters": 20, "seconds": 60.0, "forgetting_run": "full",
+        "data_efficiency": summ, "claims": size_claims(cells, info, [8], refs, boot),
+        "augmentation": {"full": {"8": {**cell_summary(cells[("full_bt", 8)], refs, boot, 3), "paraphrases": 12,
+                                        "gain": boot.gap([cells[("full_bt", 8)][0]["predictions"]],
+                                                         [cells[("full", 8)][0]["predictions"]], refs)}}},
+        "translation": {"skipped": "no parallel corpus"},
         "forgetting": {"perplexity_before": 90.0, "lr_scales": {
-            "0.01": {"perplexity": {"mean": 95.0}}, "0.1": {"perplexity": {"mean": 120.0}},
-            "1": {"perplexity": {"mean": 400.0}}}},
+            "0.01": {"perplexity": {"mean": 95.0, "std": 1.0, "values": [94.0, 96.0]}, **summ["full"]["8"]},
+            "1": {"perplexity": {"mean": 400.0, "std": 10.0, "values": [390.0, 410.0]}, **summ["full"]["8"]}}},
     }  # fmt: skip
-    text = "\n".join(claims(s))
-    assert "by >= 15 points at 32 labels per class: holds (full 50.0% vs scratch 30.0%, +20.0 points" in text
-    assert "LoRA within 2 points of full fine-tuning with <= 5% of the parameters: holds (lora 49.0%" in text
-    assert "Forgetting grows with the fine-tuning learning rate: holds" in text and "1x 400.0" in text
-    # full@8 (35%) vs scratch: reached at 128 = 16x -> holds; full@32 (50%) never reached, 128 < 8x32 -> not measured
-    assert "full with 8 labels per class matches scratch with >= 64: holds" in text
-    assert "full with 32 labels per class matches scratch with >= 256: not measured" in text
-    assert "At 8 labels per class, pre-trained runs beat tfidf (32.0%): full (full 35.0%, lora 30.0%)" in text
-    assert "At 128 labels per class, pre-trained runs beat tfidf (70.0%): none" in text
-    assert "(full_bt vs full): holds (40.0% vs 35.0%, +5.0 points" in text
-    s["data_efficiency"]["scratch"]["32"] = cell(0.55)
-    assert "does NOT hold (full 50.0% vs scratch 55.0%, -5.0 points" in "\n".join(claims(s))
+    text = report(s)
+    assert (
+        "- Pre-training then fine-tuning beats training from scratch by >= 10 points at 8 per class: **holds** "
+        in text
+    )
+    assert "(full - scratch = +15.0 points, 95% CI [" in text
+    assert "- Back-translation adds >= 2 points (full_bt vs full) at 8 per class: **" in text
+    assert "| full | 0.450 [" in text and "| full | 8 | 0.450 [" in text and "| +5.0 [" in text
+    assert "Back-translation was not measured: no parallel corpus." in text
+    assert "- Forgetting grows with the fine-tuning learning rate: **holds**" in text
+    assert "Labeled draws per size: 1 at 8. Each draw samples its verses per class afresh from the 900 verses" in text
 
 
 def test_perplexity_of_an_untouched_body_is_the_pretrained_models_and_moves_when_the_body_does(tmp_path):
@@ -87,44 +117,30 @@ def test_study_runs_as_its_own_dvc_target_and_reports_every_cell(tiny_project, t
     project = tmp_path / "p"
     shutil.copytree(tiny_project, project, symlinks=True)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["study"].update(sizes=[2, 8], seeds=[0, 1], forgetting_lr_scales=[1.0, 0.1])
-    # the tiny translators write junk that the quality filter drops: keep it, to have paraphrases to train on
-    params["augment"].update(min_length_ratio=0.01, max_length_ratio=100.0, min_stopword_ratio=0.0, min_chrf=0.0,
-                             max_chrf=100.0)  # fmt: skip
-    params["gate"]["augment"].update(min_length_ratio=0.01, max_length_ratio=100.0)
+    params["study"].update(draws={2: 2, 8: 2}, augmented_sizes=[2], augmented_runs=["full", "tfidf"],
+                           forgetting_lr_scales=[1.0, 0.1], forgetting_draws=1)  # fmt: skip
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "study" not in run(["dvc", "repro"], project).stdout  # the main pipeline does not run it
     assert not (project / "metrics/study.json").exists()
 
     run(["dvc", "repro", "study/dvc.yaml"], project)
     s = json.loads((project / "metrics/study.json").read_text())
-    assert s["default_size"] == 8 and s["sizes"] == [2, 8]
+    assert s["default_size"] == 8 and s["sizes"] == [2, 8] and s["draws"] == {"2": 2, "8": 2}
     for name in ("scratch", "full", "lora", "tfidf"):
         for size in ("2", "8"):
-            assert len(s["data_efficiency"][name][size]["accuracy"]["values"]) == 2  # one per seed
-    assert set(s["augmentation"]) == {"full", "tfidf"}  # study.augmented_runs
-    assert s["augmentation"]["full"]["paraphrases"] > 0
+            c = s["data_efficiency"][name][size]
+            assert len(c["values"]) == 2 and c["accuracy_ci95"][0] <= c["accuracy"] <= c["accuracy_ci95"][1]
+    assert set(s["augmentation"]) == {"full", "tfidf"} and set(s["augmentation"]["full"]) == {"2"}
+    assert s["augmentation"]["full"]["2"]["paraphrases"] > 0 and "ci95" in s["augmentation"]["full"]["2"]["gain"]
+    assert {c["verdict"] for c in s["claims"]} <= {"holds", "does not hold", "not resolved"}
     ppl = s["forgetting"]["lr_scales"]
     assert set(ppl) == {"0.1", "1"} and all(v["perplexity"]["mean"] > 1 for v in ppl.values())
     report = (project / "reports/study.md").read_text()
-    assert "## The claims, as measured" in report and "LoRA within 2 points" in report
+    assert "## The claims, decided by the interval of the gap" in report and "LoRA comes within 2 points" in report
     assert (project / "reports/study/data_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+    with gzip.open(project / "data/8_study/predictions.jsonl.gz", "rt") as f:
+        rows = [json.loads(line) for line in f]
+    assert {r["cell"] for r in rows} >= {"full@2", "full_bt@2", "tfidf@8"} and len(rows[0]["predictions"]) > 0
     assert "data_efficiency" in run(["dvc", "plots", "show", "--json"], project).stdout
     assert "changed" not in run(["dvc", "status", "study/dvc.yaml"], project).stdout  # recorded in study/dvc.lock
     assert not (project / "checkpoints/study").exists()  # finished cells are kept only while the study runs
-
-
-def test_without_a_parallel_corpus_the_report_says_back_translation_was_not_measured(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "metrics").mkdir()
-    why = "no parallel corpus (ingest.parallel is null) and augment.translators is pipeline"
-    (tmp_path / "metrics/translate.json").write_text(json.dumps({"skipped": why}))
-    (tmp_path / "metrics/augment.json").write_text(json.dumps({"skipped": why, "kept": 0}))
-    q = translation_quality()
-    assert q == {"skipped": why}
-    cell = {"accuracy": {"mean": 0.3, "std": 0.0, "values": [0.3]}}
-    s = {"sizes": [8], "default_size": 8, "seeds": [0], "runs": ["full"], "baseline": "tfidf",
-         "init": {"full": "pretrained"}, "trainable_share": {}, "seconds": 1.0, "test_examples": 10,
-         "data_efficiency": {"full": {"8": cell}, "tfidf": {"8": cell}},
-         "augmentation": {"full": {**cell, "paraphrases": 0}}, "translation": q}  # fmt: skip
-    assert f"Back-translation was not measured: {why}." in report(s)

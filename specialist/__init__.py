@@ -1,0 +1,1 @@
+"""The library beneath the stages: plain functions over plain arguments."""
