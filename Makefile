@@ -3,6 +3,11 @@
 #   make test       sets up .venv and runs the tests
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# PyTorch's own index holds the CPU build (a bare `pip install torch` takes the multi-GB CUDA one from PyPI).
+# On a CUDA machine: make TORCH_VARIANT=cu128 (any variant https://download.pytorch.org/whl lists).
+TORCH_VERSION ?= 2.13.0
+TORCH_VARIANT ?= cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/$(TORCH_VARIANT)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export GX_ANALYTICS_ENABLED ?= false
@@ -12,11 +17,11 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 .PHONY: setup pipeline test
 setup: $(VENV)/.installed
 
-# The CPU torch wheel first (a bare `torch` would pull a multi-GB CUDA build), then the project.
+# torch first, its CPU build from PyTorch's index (TORCH_VARIANT above), then the project.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --extra-index-url $(TORCH_INDEX) "torch==$(TORCH_VERSION)+$(TORCH_VARIANT)"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 

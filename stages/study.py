@@ -60,6 +60,7 @@ class StudyParams:
     forgetting_run: str  # a finetune.runs key with init pretrained
     forgetting_lr_scales: list[float]  # its learning rate, as a multiple of pre-training's
     forgetting_draws: int  # draws of the default size it is trained on at each rate
+    workers: int = 1  # processes fitting cells at once, each with cores / workers torch threads
 
     def validate(self):
         if not self.draws or min(self.draws) < 1 or min(self.draws.values()) < 1:
@@ -72,6 +73,8 @@ class StudyParams:
             yield f"forgetting_lr_scales: each > 0, got {self.forgetting_lr_scales}"
         if self.forgetting_draws < 1:
             yield f"forgetting_draws: >= 1, got {self.forgetting_draws}"
+        if self.workers < 1:
+            yield f"workers: >= 1, got {self.workers}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,16 +247,16 @@ def perplexity(body, pretrained: Path, blocks: torch.Tensor, batch_size: int = 3
 
 def fit_neural(run, t, lr: float, train_set, val_set, test_set, pad_id: int, n_labels: int, fp: str,
                blocks=None) -> dict:  # fmt: skip
-    """One fine-tuning run (stages.finetune's model and loop, resumable from CHECKPOINTS/train): its test
+    """One fine-tuning run (stages.finetune's model and loop, resumable from CHECKPOINTS/train/<fp>): its test
     predictions, and perplexity when `blocks` is given."""
     from stages.finetune import build_classifier, predict, train
     from stages.training import remove_checkpoint
 
     seed_everything(t.seed)
     model = build_classifier(run, PRETRAINED, n_labels, t)
-    best, curve = train(model, train_set, val_set, lr, t, pad_id, CHECKPOINTS / "train", fp)
+    best, curve = train(model, train_set, val_set, lr, t, pad_id, CHECKPOINTS / "train" / fp, fp)
     model.load_state_dict(best, strict=False)  # the best trainable tensors; the frozen ones never moved
-    remove_checkpoint(CHECKPOINTS / "train")
+    remove_checkpoint(CHECKPOINTS / "train" / fp)
     out = {"predictions": predict(model, test_set[0], pad_id, t.eval_batch_size)}
     out["best_epoch"] = max(curve, key=lambda c: c["val_accuracy"])["epoch"]
     if blocks is not None:
@@ -304,57 +307,89 @@ def load_inputs() -> Inputs:
     )  # fmt: skip
 
 
-class Cells:
-    """Fits the study's cells, each once: a finished cell is kept in CHECKPOINTS/<key>.json until the study ends."""
+@dataclass(frozen=True)
+class Cell:
+    """One fit of the study: a run (finetune.runs or baseline.runs key) on one labeled draw of one size."""
 
-    def __init__(self, x: Inputs, t0, runs: dict, bp, paraphrases: dict):
-        self.x, self.t0, self.runs, self.bp, self.paraphrases = x, t0, runs, bp, paraphrases
+    run: str
+    size: int
+    draw: int
+    neural: bool = True  # a fine-tuning run; else a baseline
+    lr_scale: float | None = None  # a fine-tuning run's rate, x pre-training's
+    augmented: bool = False  # plus the draw's paraphrases (cell name <run>_bt)
+    perplexity: bool = False  # also measure the fine-tuned body's pre-training perplexity
 
-    def cached(self, what: dict, fit) -> dict:
-        from stages.training import fingerprint
+    @property
+    def name(self) -> str:
+        return f"{self.run}_bt" if self.augmented else self.run
 
-        key = fingerprint({**what, "inputs": self.x.fingerprint})
-        path = CHECKPOINTS / f"{key}.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        t1 = time.perf_counter()
-        res = fit(key)
-        res = {**res, "accuracy": accuracy(res["predictions"], self.x.test["label"]), "seed": what["seed"],
-               "seconds": round(time.perf_counter() - t1, 1)}  # fmt: skip
-        write_json(res, path)
-        return res
 
-    def extra(self, idx: list[int]) -> list[tuple[str, list[int], int]]:
-        """The paraphrases of the drawn verses: (text, input_ids, label) each."""
-        keys = (self.key(i) for i in idx)
-        return [p for k in keys for p in self.paraphrases.get(k, [])]
+_WORKER: dict = {}  # a worker process's inputs, loaded once by init_worker
 
-    def key(self, i: int) -> tuple:
-        return (self.x.pool["book"][i], self.x.pool["chapter"][i], self.x.pool["verse"][i])
 
-    def neural(self, name: str, seed: int, scale: float, idx: list[int], augmented=False, ppl=False) -> dict:
-        x, extra = self.x, self.extra(idx) if augmented else []
-        t = replace(self.t0, seed=seed)
-        train_set = ([x.pool["input_ids"][i] for i in idx] + [e[1] for e in extra],
-                     [x.pool["label"][i] for i in idx] + [e[2] for e in extra])  # fmt: skip
-        from stages.finetune import recorded
+def init_worker(threads: int, params: dict, paraphrases: dict) -> None:
+    """A worker's state: the inputs, the params (t0, runs, bp), the paraphrases; `threads` torch threads."""
+    torch.set_num_threads(threads)
+    _WORKER.update(x=load_inputs(), paraphrases=paraphrases, **params)
 
-        what = {"run": recorded(self.runs[name]), "train": asdict(t), "lr_scale": scale, "seed": seed,
-                "train_set": train_set, "perplexity": ppl}  # fmt: skip
-        val, test = (x.val["input_ids"], x.val["label"]), (x.test["input_ids"], x.test["label"])
-        blocks, lr = x.blocks if ppl else None, x.base_lr * scale
-        res = self.cached(what, lambda fp: fit_neural(self.runs[name], t, lr, train_set, val, test, x.pad_id,
-                                                      len(x.labels), fp, blocks))  # fmt: skip
-        return {**res, "paraphrases": len(extra)}
 
-    def baseline(self, seed: int, idx: list[int], augmented=False) -> dict:
-        x, extra = self.x, self.extra(idx) if augmented else []
-        train_set = ([x.pool["text"][i] for i in idx] + [e[0] for e in extra],
-                     [x.pool["label"][i] for i in idx] + [e[2] for e in extra])  # fmt: skip
-        what = {"baseline": asdict(self.bp), "seed": seed, "train_set": train_set}
-        res = self.cached(what, lambda _: fit_baseline(self.bp, train_set, (x.val["text"], x.val["label"]),
-                                                       (x.test["text"], x.test["label"])))  # fmt: skip
-        return {**res, "paraphrases": len(extra)}
+def fit_cell(cell: Cell) -> str:
+    """Fits `cell` unless a finished copy is in CHECKPOINTS; returns the file holding its result."""
+    from stages.finetune import recorded
+    from stages.training import fingerprint
+
+    w, x = _WORKER, _WORKER["x"]
+    idx = draw(x.pool["label"], cell.size, cell.draw)
+    keys = ((x.pool["book"][i], x.pool["chapter"][i], x.pool["verse"][i]) for i in idx)
+    extra = [e for k in keys for e in w["paraphrases"].get(k, [])] if cell.augmented else []
+    labels = [x.pool["label"][i] for i in idx] + [e[2] for e in extra]
+    if cell.neural:
+        t = replace(w["t0"], seed=cell.draw)
+        train_set = ([x.pool["input_ids"][i] for i in idx] + [e[1] for e in extra], labels)
+        what = {"run": recorded(w["runs"][cell.run]), "train": asdict(t), "lr_scale": cell.lr_scale,
+                "seed": cell.draw, "train_set": train_set, "perplexity": cell.perplexity}  # fmt: skip
+    else:
+        train_set = ([x.pool["text"][i] for i in idx] + [e[0] for e in extra], labels)
+        what = {"baseline": asdict(w["bp"]), "seed": cell.draw, "train_set": train_set}
+    key = fingerprint({**what, "inputs": x.fingerprint})
+    path = CHECKPOINTS / f"{key}.json"
+    if path.exists():
+        return str(path)
+    t1 = time.perf_counter()
+    val, test = (x.val["input_ids"], x.val["label"]), (x.test["input_ids"], x.test["label"])
+    if cell.neural:
+        blocks = x.blocks if cell.perplexity else None
+        res = fit_neural(w["runs"][cell.run], t, x.base_lr * cell.lr_scale, train_set, val, test, x.pad_id,
+                         len(x.labels), key, blocks)  # fmt: skip
+    else:
+        res = fit_baseline(w["bp"], train_set, (x.val["text"], x.val["label"]), (x.test["text"], x.test["label"]))
+    res |= {"accuracy": accuracy(res["predictions"], x.test["label"]), "seed": cell.draw,
+            "paraphrases": len(extra), "seconds": round(time.perf_counter() - t1, 1)}  # fmt: skip
+    write_json(res, path)
+    print(f"{cell.name} at {cell.size} per class, draw {cell.draw}: test accuracy {res['accuracy']:.4f} "
+          f"({res['seconds']} s)", flush=True)  # fmt: skip
+    return str(path)
+
+
+def fit_all(cells: list[Cell], workers: int, params: dict, paraphrases: dict) -> list[dict]:
+    """Every cell's result, in order: fitted by `workers` processes (each with cores / workers torch threads), or
+    in this process when workers is 1."""
+    import os
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if workers == 1:
+        init_worker(threads, params, paraphrases)
+        files = [fit_cell(c) for c in cells]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited torch thread pool
+        with ProcessPoolExecutor(
+            workers, ctx, initializer=init_worker, initargs=(threads, params, paraphrases)
+        ) as pool:
+            files = list(pool.map(fit_cell, cells))
+    return [json.loads(Path(f).read_text()) for f in files]
 
 
 def accuracy(predictions: list[int], references: list[int]) -> float:
@@ -387,6 +422,29 @@ def back_translations(x: Inputs, rows: list[int]) -> tuple[dict, dict]:
                  "translators": translators}  # fmt: skip
 
 
+def plan(p: StudyParams, runs: dict, default: int) -> list[Cell]:
+    """The study's cells: every run and baseline on every draw of every size; the augmented ones at
+    augmented_sizes; forgetting_run at the other rates on the first forgetting_draws draws of the default size."""
+    cells = []
+    for n in sorted(p.draws):
+        for d in range(p.draws[n]):
+            bt = n in p.augmented_sizes
+            for name in p.runs:
+                ppl = name == p.forgetting_run and n == default and d < p.forgetting_draws
+                cells.append(Cell(name, n, d, lr_scale=runs[name].lr_scale, perplexity=ppl))
+                if bt and name in p.augmented_runs:
+                    cells.append(Cell(name, n, d, lr_scale=runs[name].lr_scale, augmented=True))
+            for b in p.baselines:
+                cells.append(Cell(b, n, d, neural=False))
+                if bt and b in p.augmented_runs:
+                    cells.append(Cell(b, n, d, neural=False, augmented=True))
+    if default in p.draws and p.forgetting_run in p.runs:
+        for scale in sorted(set(p.forgetting_lr_scales) - {runs[p.forgetting_run].lr_scale}):
+            for d in range(min(p.forgetting_draws, p.draws[default])):
+                cells.append(Cell(p.forgetting_run, default, d, lr_scale=scale, perplexity=True))
+    return cells
+
+
 def run(p: StudyParams) -> dict:
     from stages.baseline import BaselineParams, BaselineRunParams
     from stages.evaluate import EvaluateParams
@@ -407,39 +465,18 @@ def run(p: StudyParams) -> dict:
         load_params(f"baseline.runs.{b}", BaselineRunParams)
 
     x = load_inputs()
-    sizes = sorted(p.draws)
     default = default_size()
-    plan = {n: [draw(x.pool["label"], n, d) for d in range(p.draws[n])] for n in sizes}
-    to_translate = sorted({i for n in p.augmented_sizes for idx in plan[n] for i in idx})
-    paraphrases, translation = back_translations(x, to_translate) if p.augmented_runs and to_translate else ({}, None)
-    cells_of = Cells(x, t0, runs, bp, paraphrases)
-
-    cells: dict = {}  # (run, size) -> [result per draw]
-    for n in sizes:
-        for d, idx in enumerate(plan[n]):
-            bt = n in p.augmented_sizes
-            for name in p.runs:
-                ppl = name == p.forgetting_run and n == default and d < p.forgetting_draws
-                cells.setdefault((name, n), []).append(cells_of.neural(name, d, runs[name].lr_scale, idx, ppl=ppl))
-                if bt and name in p.augmented_runs:
-                    res = cells_of.neural(name, d, runs[name].lr_scale, idx, augmented=True)
-                    cells.setdefault((f"{name}_bt", n), []).append(res)
-            for b in p.baselines:
-                cells.setdefault((b, n), []).append(cells_of.baseline(d, idx))
-                if bt and b in p.augmented_runs:
-                    cells.setdefault((f"{b}_bt", n), []).append(cells_of.baseline(d, idx, augmented=True))
-            done = {f"{r}": v[-1]["accuracy"] for (r, m), v in cells.items() if m == n and len(v) == d + 1}
-            print(f"size {n} draw {d}: test accuracy {done}", flush=True)
-
-    forgetting_cells = {}
-    if default in plan and p.forgetting_run in p.runs and p.forgetting_lr_scales:
-        fr = runs[p.forgetting_run]
-        forgetting_cells[fr.lr_scale] = cells[(p.forgetting_run, default)][: p.forgetting_draws]
-        for scale in sorted(set(p.forgetting_lr_scales) - {fr.lr_scale}):
-            for d, idx in enumerate(plan[default][: p.forgetting_draws]):
-                res = cells_of.neural(p.forgetting_run, d, scale, idx, ppl=True)
-                forgetting_cells.setdefault(scale, []).append(res)
-                print(f"forgetting {scale:g}x draw {d}: perplexity {res['perplexity']:.2f}", flush=True)
+    cells = plan(p, runs, default)
+    drawn = sorted({i for c in cells if c.augmented for i in draw(x.pool["label"], c.size, c.draw)})
+    paraphrases, translation = back_translations(x, drawn) if drawn else ({}, None)
+    results = fit_all(cells, p.workers, {"t0": t0, "runs": runs, "bp": bp}, paraphrases)
+    by_cell: dict = {}  # (cell name, size) -> results in draw order
+    forgetting_cells: dict = {}  # lr scale -> results in draw order
+    for c, res in zip(cells, results, strict=True):
+        if c.perplexity:
+            forgetting_cells.setdefault(c.lr_scale, []).append(res)
+        if not c.neural or c.lr_scale == runs[c.run].lr_scale:
+            by_cell.setdefault((c.name, c.size), []).append(res)
 
     shares = {}
     for name in p.runs:
@@ -450,27 +487,27 @@ def run(p: StudyParams) -> dict:
     info |= {f"{r}_bt": {**info[r], "augmented": True} for r in p.augmented_runs}
     boot = Bootstrap(list(zip(x.test["book"], x.test["chapter"], strict=True)), ep.replicates, ep.seed)
     refs, k = x.test["label"], len(x.labels)
+    sizes = sorted(p.draws)
     result = {
         "sizes": sizes, "draws": {str(n): p.draws[n] for n in sizes}, "default_size": default,
-        "runs": p.runs, "baselines": p.baselines, "pool": len(x.pool["label"]),
+        "runs": p.runs, "baselines": p.baselines, "pool": len(x.pool["label"]), "workers": p.workers,
         "test_examples": len(refs), "test_chapters": len(set(boot.ids.tolist())), "forgetting_run": p.forgetting_run,
         "interval": "95%, bootstrap over test chapters and labeled draws; gaps paired", "trainable_share": shares,
-        "data_efficiency": {name: {str(n): cell_summary(cells[(name, n)], refs, boot, k) for n in sizes
-                                   if (name, n) in cells} for name in [*p.runs, *p.baselines]},
-        "augmentation": {name: {str(n): {**cell_summary(cells[(f"{name}_bt", n)], refs, boot, k),
-                                         "gain": gap(cells, (f"{name}_bt", n), (name, n), refs, boot),
+        "data_efficiency": {name: {str(n): cell_summary(by_cell[(name, n)], refs, boot, k) for n in sizes
+                                   if (name, n) in by_cell} for name in [*p.runs, *p.baselines]},
+        "augmentation": {name: {str(n): {**cell_summary(by_cell[(f"{name}_bt", n)], refs, boot, k),
+                                         "gain": gap(by_cell, (f"{name}_bt", n), (name, n), refs, boot),
                                          "paraphrases": statistics.fmean(r["paraphrases"]
-                                                                         for r in cells[(f"{name}_bt", n)])}
-                                for n in p.augmented_sizes if (f"{name}_bt", n) in cells}
+                                                                         for r in by_cell[(f"{name}_bt", n)])}
+                                for n in p.augmented_sizes if (f"{name}_bt", n) in by_cell}
                          for name in p.augmented_runs},
-        "claims": size_claims(cells, info, sizes, refs, boot),
-        "forgetting": forgetting(forgetting_cells, x, refs, boot, k) if forgetting_cells else None,
-        "translation": translation,
+        "claims": size_claims(by_cell, info, sizes, refs, boot),
+        "forgetting": forgetting(forgetting_cells, x, refs, boot, k) if len(forgetting_cells) > 1 else None,
+        "translation": translation or ({"skipped": "no verse to back-translate"} if p.augmented_runs else None),
+        "cell_seconds": round(sum(r["seconds"] for r in results), 1),
     }  # fmt: skip
-    if translation is None and p.augmented_runs:
-        result["translation"] = {"skipped": "no verse to back-translate"}
     result["seconds"] = round(time.perf_counter() - start, 1)
-    result["_predictions"] = {f"{r}@{n}": [c["predictions"] for c in v] for (r, n), v in cells.items()}
+    result["_predictions"] = {f"{r}@{n}": [c["predictions"] for c in v] for (r, n), v in by_cell.items()}
     return result
 
 
