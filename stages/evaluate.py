@@ -80,9 +80,14 @@ def aligned(records: list[dict], split: str, keys: list[tuple]) -> list[int]:
 
 
 def claim_results(runs: dict, predictions: dict, refs: list[int], boot: Bootstrap) -> list[dict]:
-    """Each applicable claim (specialist.claims) with its paired gap, 95% interval and verdict."""
+    """Each applicable claim (specialist.claims) with its paired gap, 95% interval and verdict; a back-translation
+    claim whose run trained on no paraphrase is `not measured`, with why."""
     out = []
     for c in applicable(runs):
+        if c.a.endswith("_bt") and runs[c.a]["train_examples"] == runs[c.b]["train_examples"]:
+            why = f"{c.a} trained on no paraphrases (augment skipped or kept none: see metrics/augment.json)"
+            out.append({"claim": c.text, "a": c.a, "b": c.b, "verdict": "not measured", "why": why})
+            continue
         gap = boot.gap([predictions[c.a]], [predictions[c.b]], refs)
         out.append({"claim": c.text, "a": c.a, "b": c.b, "threshold": c.threshold, "kind": c.kind, **gap,
                     "verdict": verdict(c, gap["ci95"])})  # fmt: skip
@@ -90,7 +95,8 @@ def claim_results(runs: dict, predictions: dict, refs: list[int], boot: Bootstra
 
 
 def claim_lines(results: list[dict]) -> list[str]:
-    return [line(Claim(r["claim"], r["a"], r["b"], r["threshold"], r["kind"]), r) for r in results]
+    return [f"- {r['claim']}: not measured, {r['why']}." if r["verdict"] == "not measured"
+            else line(Claim(r["claim"], r["a"], r["b"], r["threshold"], r["kind"]), r) for r in results]  # fmt: skip
 
 
 def task_line(labels: list[str], split: str, n: int, clusters: int) -> str:

@@ -329,7 +329,7 @@ def own_corpus(s: Source, held_out: set[str], tally: Counter):
     """Corpus documents of a user's source, streamed; a document that is a held-out task text is dropped.
 
     `tally` counts the drops per reason and the characters kept ('chars'), as the rows go by."""
-    for n, (where, row) in enumerate(source_rows(s, "corpus", {"text_column": s.text_column}), 1):
+    for n, (where, row) in enumerate(source_rows(s, "corpus", {"text_column": s.text_column}, tally), 1):
         text = row[s.text_column]
         if not isinstance(text, str) or not text.strip():
             tally["empty_text"] += 1
@@ -380,10 +380,15 @@ def run_own(p: IngestParams, out: Path, metrics_path: Path) -> dict:
     task_ds = DatasetDict({k: Dataset.from_list(v).cast_column("label", label) for k, v in task.items()})
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as cache:
         # streamed: rows are written to Arrow files as they are read; a fresh cache so no earlier run is reused
-        corpus = Dataset.from_generator(
-            own_corpus, gen_kwargs={"s": p.corpus, "held_out": held_out, "tally": tally},
-            features=features, cache_dir=cache,
-        )  # fmt: skip
+        try:
+            corpus = Dataset.from_generator(
+                own_corpus, gen_kwargs={"s": p.corpus, "held_out": held_out, "tally": tally},
+                features=features, cache_dir=cache,
+            )  # fmt: skip
+        except ValueError as e:  # datasets: a generator with no row "corresponds to no data"
+            if "no data" not in str(e):
+                raise
+            corpus = []
         if len(corpus) == 0:
             fail(f"ingest.corpus: no documents in {describe(p.corpus)} (dropped: {dict(tally) or 'none'})")
         corpus.save_to_disk(tmp / "corpus")

@@ -15,6 +15,7 @@ malformed file, a missing column, an empty split, a single class, a label outsid
     -> ("data/own/a.csv:2", {"text": "Great.", "label": "pos"}), ("data/own/a.csv:3", {...}), ...
 """
 
+import codecs
 import csv
 import glob
 import gzip
@@ -27,10 +28,11 @@ from pathlib import Path
 
 from stages.common import fail
 
-FORMATS = ("text", "jsonl", "csv", "tsv", "parquet")
+FORMATS = ("text", "jsonl", "csv", "tsv", "parquet", "excel")
 SUFFIXES = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
-            ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}  # fmt: skip
+            ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".xlsx": "excel", ".xls": "excel"}  # fmt: skip
 TEXT_BY = ("line", "document")  # a text file's rows: one per non-blank line, or the whole file as one row
+ERRORS = ("strict", "skip")  # an undecodable line: stop the run naming it, or drop it and count it (`undecodable`)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Source:
     config: str | None = None  # the dataset's config (subset) name
     split: str = "train"  # the dataset's split
     format: str | None = None  # null: from each file's suffix
+    encoding: str = "utf-8"  # of text files (a UTF-8 byte-order mark is skipped); e.g. latin-1, cp1252
+    errors: str = "strict"  # an undecodable line: strict stops the run naming it; skip drops and counts it
     text_by: str = "line"  # text files: line | document
     text_column: str = "text"  # the text (corpus, task) or the English side (parallel)
     label_column: str = "label"  # task only: the class of each row
@@ -57,6 +61,12 @@ class Source:
             yield f"format: expected one of {', '.join(FORMATS)} or null, got {self.format!r}"
         if self.text_by not in TEXT_BY:
             yield f"text_by: expected line or document, got {self.text_by!r}"
+        if self.errors not in ERRORS:
+            yield f"errors: expected strict or skip, got {self.errors!r}"
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            yield f"encoding: unknown encoding {self.encoding!r} (e.g. utf-8, latin-1, cp1252)"
 
 
 def expand(patterns: str | list[str], key: str) -> list[Path]:
@@ -64,11 +74,15 @@ def expand(patterns: str | list[str], key: str) -> list[Path]:
 
     ["data/own/b.csv", "data/own/*.csv"] -> [data/own/a.csv, data/own/b.csv]
     """
-    found = set()
+    found, root = set(), Path.cwd().resolve()
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
         matched = [Path(f) for f in glob.glob(str(Path(pattern).expanduser()), recursive=True) if Path(f).is_file()]
         if not matched:
             fail(f"ingest.{key}.files: {pattern!r} matches no file (relative paths start at the repository root)")
+        for f in matched:  # DVC sees only the project: a link out of it would feed the run files no dep covers
+            if root in f.absolute().parents and root not in f.resolve().parents:
+                fail(f"ingest.{key}.files: {f} leads to {f.resolve()}, outside the project ({root}); copy the file "
+                     "into data/own/ instead of linking it")  # fmt: skip
         found.update(matched)
     return sorted(found)
 
@@ -83,15 +97,28 @@ def file_format(path: Path, given: str | None, key: str) -> str:
     return SUFFIXES[suffix]
 
 
-def open_text(path: Path):
-    """A text stream of the file, decompressed when it ends in .gz; decoding errors surface while reading."""
+def open_text(path: Path, encoding: str = "utf-8", errors: str = "strict"):
+    """A text stream of the file, decompressed when it ends in .gz. UTF-8 skips a byte-order mark (what Excel
+    writes); errors `skip` keeps undecodable bytes as surrogates for read_file to drop the line, `strict` raises."""
+    encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    kw = {"encoding": encoding, "errors": "surrogateescape" if errors == "skip" else "strict", "newline": ""}
     if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", **kw)
+    return open(path, **kw)
 
 
-def read_file(path: Path, fmt: str, text_by: str = "line") -> Iterator[tuple[int, dict]]:
-    """(line or row number, row) of one file, lazily; a malformed row fails naming the file and line."""
+def undecodable(*texts) -> bool:
+    """Whether a line held bytes its encoding cannot decode (surrogateescape keeps them as lone surrogates)."""
+    return any(isinstance(t, str) and any("\udc80" <= ch <= "\udcff" for ch in t) for t in texts)
+
+
+def read_file(path: Path, fmt: str, text_by: str = "line", encoding: str = "utf-8",
+              errors: str = "strict") -> Iterator[tuple[int, dict | None]]:  # fmt: skip
+    """(line or row number, row) of one file, lazily; a malformed row fails naming the file and line. With errors
+    `skip`, a line that does not decode comes as (number, None)."""
+    if fmt == "excel":
+        yield from read_excel(path)
+        return
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -101,16 +128,20 @@ def read_file(path: Path, fmt: str, text_by: str = "line") -> Iterator[tuple[int
                 n += 1
                 yield n, row
         return
-    with open_text(path) as f:
+    with open_text(path, encoding, errors) as f:
         if fmt == "text" and text_by == "document":
-            yield 1, {"text": f.read()}
+            text = f.read()
+            yield 1, None if undecodable(text) else {"text": text}
         elif fmt == "text":
             for n, line in enumerate(f, 1):
                 if line.strip():
-                    yield n, {"text": line.rstrip("\r\n")}
+                    yield n, None if undecodable(line) else {"text": line.rstrip("\r\n")}
         elif fmt == "jsonl":
             for n, line in enumerate(f, 1):
                 if not line.strip():
+                    continue
+                if undecodable(line):
+                    yield n, None
                     continue
                 try:
                     row = json.loads(line)
@@ -122,20 +153,44 @@ def read_file(path: Path, fmt: str, text_by: str = "line") -> Iterator[tuple[int
         else:
             reader = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",")
             for row in reader:
+                if undecodable(*row.values(), *row.get(None, [])):
+                    yield reader.line_num, None
+                    continue
                 if None in row:  # more fields than the header has names
                     fail(f"{path}:{reader.line_num}: {len(row) - 1 + len(row[None])} fields, the header names "
                          f"{len(reader.fieldnames)}; quote fields that hold the delimiter")  # fmt: skip
                 yield reader.line_num, row
 
 
-def file_columns(path: Path, fmt: str) -> list[str] | None:
+def first_undecodable(path: Path, encoding: str) -> int:
+    """The number of the first line of the file that does not decode (1 when none is found line by line)."""
+    with open_text(path, encoding, "skip") as f:
+        return next((n for n, line in enumerate(f, 1) if undecodable(line)), 1)
+
+
+def read_excel(path: Path) -> Iterator[tuple[int, dict]]:
+    """Rows of an Excel workbook's first sheet, the first row naming the columns (openpyxl, if installed)."""
+    try:
+        import openpyxl
+    except ImportError:
+        fail(f"{path}: an Excel workbook; save it as CSV (CSV UTF-8) and point ingest at the .csv, or "
+             "`pip install openpyxl` to read it as it is")  # fmt: skip
+    sheet = openpyxl.load_workbook(path, read_only=True, data_only=True).worksheets[0]
+    it = sheet.iter_rows(values_only=True)
+    names = [str(c) if c is not None else "" for c in next(it, ())]
+    for n, values in enumerate(it, 2):
+        if any(v is not None for v in values):
+            yield n, {k: ("" if v is None else str(v)) for k, v in zip(names, values, strict=False)}
+
+
+def file_columns(path: Path, fmt: str, encoding: str = "utf-8") -> list[str] | None:
     """The columns a file declares up front (CSV/TSV header, Parquet schema); None when only rows tell (JSONL)."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
         return list(pq.ParquetFile(path).schema_arrow.names)
     if fmt in ("csv", "tsv"):
-        with open_text(path) as f:
+        with open_text(path, encoding) as f:
             return next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ","), [])
     return ["text"] if fmt == "text" else None
 
@@ -150,26 +205,35 @@ def check_columns(have: list[str], need: dict[str, str], key: str, where: str) -
         fail(f"{where}: no column {names}; it has {', '.join(map(repr, have)) or 'none'}")
 
 
-def rows(s: Source, key: str, need: dict[str, str]) -> Iterator[tuple[str, dict]]:
+def rows(s: Source, key: str, need: dict[str, str], drops: Counter | None = None) -> Iterator[tuple[str, dict]]:
     """(where, row) for every row of the source, lazily; `need` maps params to the columns each row must have
     ({'text_column': 'review'}).
 
     A file's columns are checked before its first row is read, so a CSV missing a column fails at once. Unreadable
-    files (bad encoding, a corrupt gzip or Parquet file) fail naming the file.
+    files (a corrupt gzip or Parquet file) fail naming the file; so does a line that does not decode, unless the
+    source's `errors` is skip: then it is dropped and counted in `drops["undecodable"]`.
     """
     if s.hf is not None:
         yield from hf_rows(s, key, need)
         return
+    drops = Counter() if drops is None else drops
     for path in expand(s.files, key):
         fmt = file_format(path, s.format, key)
         try:
-            declared = file_columns(path, fmt)
+            declared = file_columns(path, fmt, s.encoding)
             if declared is not None:
                 check_columns(declared, need, key, str(path))
-            for n, row in read_file(path, fmt, s.text_by):
+            for n, row in read_file(path, fmt, s.text_by, s.encoding, s.errors):
+                if row is None:
+                    drops["undecodable"] += 1
+                    continue
                 check_columns(list(row), need, key, f"{path}:{n}")
                 yield f"{path}:{n}", row
-        except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
+        except UnicodeDecodeError as e:
+            line = first_undecodable(path, s.encoding)
+            fail(f"ingest.{key}.files: {path}:{line} is not {s.encoding} ({e.reason}); set ingest.{key}.encoding "
+                 f"(e.g. latin-1), or ingest.{key}.errors: skip to drop such lines")  # fmt: skip
+        except (OSError, EOFError, csv.Error) as e:
             fail(f"ingest.{key}.files: cannot read {path} as {fmt} ({type(e).__name__}: {e})")
         except Exception as e:  # pyarrow's errors for a file that is not Parquet
             if type(e).__module__.startswith("pyarrow"):
@@ -213,7 +277,7 @@ def read_labeled(s: Source, key: str, columns: Source) -> tuple[list[dict], Coun
     """
     need = {"text_column": columns.text_column, "label_column": columns.label_column}
     out, drops = [], Counter()
-    for where, row in rows(s, key, need):
+    for where, row in rows(s, key, need, drops):
         text, label = row[columns.text_column], row[columns.label_column]
         if not isinstance(text, str) or not text.strip():
             drops["empty_text"] += 1

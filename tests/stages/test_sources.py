@@ -5,14 +5,17 @@ import csv
 import dataclasses
 import gzip
 import json
+import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
 
+from specialist.scoring import Bootstrap
 from stages import augment, ingest, translate
 from stages.common import ParamsError, from_dict, load_params
-from stages.evaluate import claims
+from stages.evaluate import claim_lines, claim_results
 from stages.sources import Source, expand, label_names, rows, split_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +102,7 @@ def test_a_missing_column_fails_at_the_header_naming_param_column_and_what_the_f
 
 
 @pytest.mark.parametrize("name, content, expected", [
-    ("latin1.csv", "text,label\ncaf\xe9,pos\n".encode("latin-1"), "cannot read"),
+    ("latin1.csv", "text,label\ncaf\xe9,pos\n".encode("latin-1"), "latin1.csv:2 is not utf-8 (invalid continuation"),
     ("bad.jsonl.gz", b"\x1f\x8bnot really gzip", "cannot read"),
     ("bad.parquet", b"PAR1 this is not parquet", "cannot read"),
     ("rows.jsonl", b'["a list", "not an object"]\n', "expected a JSON object per line"),
@@ -110,6 +113,77 @@ def test_unreadable_or_malformed_files_fail_naming_the_file(tmp_path, capsys, na
     path.write_bytes(content)
     err = error(capsys, read_all, Source(files=str(path)))
     assert str(path) in err and expected in err
+
+
+def test_what_excel_and_windows_write_reads_as_plain_utf8(tmp_path):
+    bom_crlf = '\ufefftext,label\r\nGreat kettle.,pos\r\n"Broke, in a day.",neg\r\n'.encode()
+    (tmp_path / "excel.csv").write_bytes(bom_crlf)
+    expected = [{"text": "Great kettle.", "label": "pos"}, {"text": "Broke, in a day.", "label": "neg"}]
+    assert read_all(Source(files=str(tmp_path / "excel.csv")), {"text_column": "text"}) == expected
+    (tmp_path / "a.txt").write_bytes("\ufeffone line\r\ntwo\r\n".encode())
+    assert read_all(Source(files=str(tmp_path / "a.txt"))) == [{"text": "one line"}, {"text": "two"}]
+    (tmp_path / "a.jsonl").write_bytes('\ufeff{"text": "x"}\r\n'.encode())
+    assert read_all(Source(files=str(tmp_path / "a.jsonl"))) == [{"text": "x"}]
+
+
+def test_a_latin1_file_reads_with_its_encoding_and_undecodable_lines_are_skipped_and_counted_on_request(
+    tmp_path, capsys
+):
+    path = tmp_path / "old.csv"
+    path.write_bytes("text,label\ncaf\xe9 cr\xe8me,pos\n".encode("latin-1"))
+    assert read_all(Source(files=str(path), encoding="latin-1")) == [{"text": "café crème", "label": "pos"}]
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_bytes(b"good line\nbad \xff\xfe line\nanother good one\n")
+    assert "errors: skip to drop such lines" in error(capsys, read_all, Source(files=str(mixed)))
+    drops = Counter()
+    got = [r for _, r in rows(Source(files=str(mixed), errors="skip"), "corpus", {"text_column": "text"}, drops)]
+    assert got == [{"text": "good line"}, {"text": "another good one"}] and drops == {"undecodable": 1}
+    with pytest.raises(ParamsError, match="encoding: unknown encoding 'latin-9000'"):
+        from_dict(Source, {"files": "a.csv", "encoding": "latin-9000"}, "ingest.task")
+
+
+def test_an_excel_file_without_openpyxl_asks_for_a_csv(tmp_path, capsys):
+    path = tmp_path / "reviews.xlsx"
+    path.write_bytes(b"PK\x03\x04 not really a workbook")
+    try:
+        import openpyxl  # noqa: F401
+    except ImportError:
+        assert "save it as CSV (CSV UTF-8)" in error(capsys, read_all, Source(files=str(path)))
+    else:
+        assert "cannot read" in error(capsys, read_all, Source(files=str(path)))
+
+
+def test_a_link_out_of_the_project_is_refused_with_its_path(tmp_path, monkeypatch, capsys):
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("a system file\n")
+    project = tmp_path / "project"
+    (project / "data/own/corpus").mkdir(parents=True)
+    (project / "data/own/corpus/inside.txt").write_text("a real document\n")
+    (project / "data/own/corpus/link.txt").symlink_to(outside)
+    monkeypatch.chdir(project)
+    err = error(capsys, read_all, Source(files="data/own/corpus/*.txt"))
+    assert "data/own/corpus/link.txt leads to" in err and str(outside) in err and "outside the project" in err
+    (project / "data/own/corpus/link.txt").unlink()
+    assert read_all(Source(files="data/own/corpus/*.txt")) == [{"text": "a real document"}]
+
+
+def test_an_empty_corpus_file_fails_naming_the_source(files, capsys):
+    (files / "corpus/a.txt").write_text("")
+    err = error(capsys, run_own, files, own_params(files))
+    assert "ingest.corpus: no documents in" in err and "corpus/*.txt" in err
+
+
+def test_bad_params_print_one_line_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text(PARAMS.read_text().replace("  split: test", "  split: test\n  splitt: x"))
+    done = subprocess.run([sys.executable, "-m", "stages.evaluate"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: params.yaml: evaluate: unknown key(s) splitt; expected: split, replicates, seed"
+    ]
 
 
 def test_an_unknown_suffix_asks_for_the_format(tmp_path, capsys):
@@ -313,11 +387,16 @@ def test_without_pairs_translate_and_augment_skip_with_the_reason(files):
 
 
 def test_a_bt_run_without_paraphrases_is_reported_as_not_measured():
-    run = {"init": "pretrained", "augmented": False, "accuracy": 0.5, "train_examples": 16}
-    lines = claims({"full": run, "full_bt": {**run, "augmented": True}})
-    assert any("(full_bt vs full): not measured, full_bt trained on no paraphrases" in line for line in lines)
-    lines = claims({"full": run, "full_bt": {**run, "augmented": True, "train_examples": 30, "accuracy": 0.6}})
-    assert any("(full_bt vs full): holds" in line for line in lines)
+    run = {"init": "pretrained", "augmented": False, "train_examples": 16}
+    refs = [0, 1] * 10
+    preds = {"full": refs, "full_bt": refs}
+    boot = Bootstrap(list(range(20)), replicates=200)
+    (c,) = claim_results({"full": run, "full_bt": {**run, "augmented": True}}, preds, refs, boot)
+    assert c["verdict"] == "not measured"
+    why = "full_bt trained on no paraphrases (augment skipped or kept none: see metrics/augment.json)"
+    assert claim_lines([c]) == [f"- Back-translation adds >= 2 points (full_bt vs full): not measured, {why}."]
+    (c,) = claim_results({"full": run, "full_bt": {**run, "augmented": True, "train_examples": 30}}, preds, refs, boot)
+    assert c["verdict"] == "does not hold" and c["gap"] == 0.0
 
 
 def test_a_dataset_folder_as_the_corpus_streams_through_hf(files):
