@@ -48,12 +48,15 @@ class EvaluateParams:
     split: str  # the split scored: test (validation only while developing)
     replicates: int = 2000  # bootstrap replicates of the test chapters (intervals)
     seed: int = 0  # of the bootstrap
+    max_class_share: float = 0.9  # a run predicting one class for more of the split than this is marked collapsed
 
     def validate(self):
         if self.split not in ("test", "validation"):
             yield f"split: expected test or validation, got {self.split!r}"
         if self.replicates < 100:
             yield f"replicates: at least 100 for a 95% interval, got {self.replicates}"
+        if not 0 < self.max_class_share <= 1:
+            yield f"max_class_share: must be in (0, 1], got {self.max_class_share}"
 
 
 def score(predictions: list[int], references: list[int], labels: list[str]) -> dict:
@@ -77,6 +80,17 @@ def aligned(records: list[dict], split: str, keys: list[tuple]) -> list[int]:
     if missing := [k for k in keys if k not in by_key]:
         fail(f"{len(missing)} {split} verse(s) without a prediction, e.g. {missing[0]}; rerun `dvc repro`")
     return [by_key[k] for k in keys]
+
+
+def collapse(predictions: list[int], labels: list[str], max_share: float) -> dict:
+    """The most predicted class and its share of the split; `collapsed` when the share is above max_share (a run
+    that learned one answer: a finding for the report, not a malformed artifact).
+
+    [0, 0, 0, 1], ["a", "b"], 0.7 -> {"top_class": "a", "top_class_share": 0.75, "collapsed": True}
+    """
+    top = max(range(len(labels)), key=predictions.count)
+    share = predictions.count(top) / len(predictions)
+    return {"top_class": labels[top], "top_class_share": round(share, 4), "collapsed": share > max_share}
 
 
 def claim_results(runs: dict, predictions: dict, refs: list[int], boot: Bootstrap) -> list[dict]:
@@ -109,6 +123,17 @@ def task_line(labels: list[str], split: str, n: int, clusters: int) -> str:
     return f"Text -> label ({len(labels)} classes: {', '.join(labels)}), {n} held-out {split} examples. "
 
 
+def collapsed_note(runs: dict, max_share: float) -> list[str]:
+    names = [n for n, r in runs.items() if r.get("collapsed")]
+    if not names:
+        return []
+    return [
+        f"Collapsed (one class for more than {max_share:.0%} of the verses; still scored, and in the claims): "
+        f"{', '.join(names)}. Its learning rate or epochs may not suit this task: see docs/own-data.md.",
+        "",
+    ]
+
+
 def with_ci(value: float, ci: list[float]) -> str:
     """0.3721, [0.3302, 0.4133] -> '0.372 [0.330, 0.413]'."""
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
@@ -119,6 +144,8 @@ def report(metrics: dict, labels: list[str]) -> str:
     head = "| run | init | method | augmented | accuracy [95% CI] | macro-F1 [95% CI] | trainable | share | train s |"
     rows = [head, "|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
+        if r.get("collapsed"):
+            name = f"{name} (collapsed: {r['top_class']} for {r['top_class_share']:.0%})"
         rows.append(f"| {name} | {r['init']} | {r['method']} | {r['augmented']} "
                     f"| {with_ci(r['accuracy'], r['accuracy_ci95'])} | {with_ci(r['macro_f1'], r['macro_f1_ci95'])} "
                     f"| {r['trainable_params']:,} | {r['trainable_share']:.2%} | {r['train_seconds']} |")  # fmt: skip
@@ -132,7 +159,8 @@ def report(metrics: dict, labels: list[str]) -> str:
         task_line(labels, split, n, metrics["clusters"])
         + "Produced by `python -m stages.evaluate` (`dvc repro`); numbers from metrics/evaluate.json. "
         f"Intervals: {INTERVAL}.", "",
-        *rows, "", "## The field's claims, decided by the interval of the gap", "",
+        *rows, "", *collapsed_note(runs, metrics["max_class_share"]),
+        "## The field's claims, decided by the interval of the gap", "",
         "A claim holds where the whole 95% interval of the paired gap clears its threshold, does not hold where the "
         "whole interval misses it, and is not resolved where the interval straddles it.", "",
         *claim_lines(metrics["claims"]), "",
@@ -166,12 +194,14 @@ def run(p: EvaluateParams, run_names: list[str], task_dir: Path = TASK, models: 
         scored = score(preds, refs, labels)
         ci = boot.summary([preds], refs, len(labels))
         scored |= {"accuracy_ci95": ci["accuracy_ci95"], "macro_f1_ci95": ci["macro_f1_ci95"]}
+        scored |= collapse(preds, labels, p.max_class_share)
         runs[name] = {**scored, **{k: info[k] for k in keys}, **chosen}
         print(f"{name}: accuracy {with_ci(scored['accuracy'], scored['accuracy_ci95'])}  "
               f"macro-F1 {scored['macro_f1']:.4f}", flush=True)  # fmt: skip
     preds = {name: pr for name, (_, pr) in predictions.items()}
     metrics = {"split": p.split, "examples": len(refs), "clusters": len(set(boot.ids.tolist())), "interval": INTERVAL,
-               "runs": runs, "claims": claim_results(runs, preds, refs, boot)}  # fmt: skip
+               "max_class_share": p.max_class_share, "runs": runs,
+               "claims": claim_results(runs, preds, refs, boot)}  # fmt: skip
     with atomic_dir(plots) as tmp:
         for name, (_, preds) in predictions.items():
             write_text(confusion_csv(preds, refs, labels), tmp / "confusion" / f"{name}.csv")

@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 
 from stages.common import PARAMS_FILE, load_params, write_json
-from stages.suites import GATES
+from stages.suites import GATES, Keyed
 
 REPORTS = Path("reports/gates")
 DOCS = Path("reports/data_docs")  # GX Data Docs, one site per gate (gitignored: rebuilt on every run)
@@ -88,6 +88,8 @@ def summarize(table: str, df: pd.DataFrame, result: dict) -> dict:
     entry = {"table": table, "expectation": kind, "column": column or None, "success": bool(result["success"])}
     if config.get("description"):
         entry["description"] = config["description"]
+    if params := (config.get("meta") or {}).get("params"):
+        entry["params"] = params  # bound -> the params.yaml key that sets it
     entry |= {"observed": observed, "bound": bound, "unexpected_examples": rows}
     if error := exception_message(result.get("exception_info") or {}):
         entry["error"] = error
@@ -127,7 +129,7 @@ def validate(tables: dict, docs: Path | None = None) -> list[dict]:
 
 def check(name: str, p, docs: Path | None = None, **paths) -> dict:
     """The gate's summary, {gate, success, expectations: [...]}; paths go to the gate's tables function."""
-    entries = validate(GATES[name][1](p, **paths), docs)
+    entries = validate(GATES[name][1](Keyed(p, f"gate.{name}"), **paths), docs)
     return {"gate": name, "success": all(e["success"] for e in entries), "expectations": entries}
 
 
@@ -138,7 +140,9 @@ def failure_message(summary: dict) -> str:
     for e in failed:
         on = f" on column {e['column']!r}" if e["column"] else ""
         why = f" ({e['description']})" if e.get("description") else ""
-        bound = ", ".join(f"{k}={v!r}" for k, v in e["bound"].items()) or "none"
+        keys = e.get("params", {})  # the params.yaml key of each bound that has one
+        bound = ", ".join(f"{k}={v!r}" + (f" (set by {keys[k]})" if k in keys else "") for k, v in e["bound"].items())
+        bound = bound or "none"
         obs = e["observed"]
         if isinstance(obs, dict):
             held = ", ".join(f"{k} {obs[k]}" for k in ("min", "max", "counts") if k in obs)

@@ -101,18 +101,60 @@ class AugmentGateParams:
 
 @dataclass(frozen=True)
 class PredictionsGateParams:
-    max_class_share: float  # share of one split's predictions in a single genre; above it the run collapsed
+    """No bounds: the gate checks that predictions are well formed. A run that predicts one class for nearly
+    everything is a finding, not a malformed artifact: evaluate marks it `collapsed` (evaluate.max_class_share)."""
 
-    def validate(self):
-        if not 0 < self.max_class_share <= 1:
-            yield f"max_class_share: must be in (0, 1], got {self.max_class_share}"
+
+# --- bounds that know their params key ------------------------------------------------------------------------
+
+
+class KeyedInt(int):
+    key: str
+
+
+class KeyedFloat(float):
+    key: str
+
+
+class Keyed:
+    """A gate's params whose numbers remember their params.yaml key, so a failed bound can name the key to change:
+    Keyed(IngestGateParams(min_document_chars=100, ...), "gate.ingest").min_document_chars -> 100 with .key
+    "gate.ingest.min_document_chars". Arithmetic on one (1 - drift) gives a plain number: its key is given apart."""
+
+    def __init__(self, params, section: str):
+        self._params, self._section = params, section
+
+    def __getattr__(self, name: str):
+        value = getattr(self._params, name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value
+        keyed = (KeyedInt if isinstance(value, int) else KeyedFloat)(value)
+        keyed.key = f"{self._section}.{name}"
+        return keyed
+
+
+def key_of(value) -> str | None:
+    """The params key a Keyed bound came from; None for a plain number."""
+    return getattr(value, "key", None)
+
+
+def keys(**bounds) -> dict | None:
+    """GX meta naming the params key of each bound that has one: {"params": {"min_value": "gate.x.y"}}."""
+    named = {arg: key_of(v) for arg, v in bounds.items()}
+    named = {arg: key for arg, key in named.items() if key}
+    return {"params": named} if named else None
+
+
+def plain(value):
+    """A keyed bound as the plain number GX stores."""
+    return value if value is None else type(value).__mro__[1](value) if hasattr(value, "key") else value
 
 
 # --- the GX built-ins the gates use, as short constructors --------------------------------------------------------
 
 
 def rows(low: int):
-    return gxe.ExpectTableRowCountToBeBetween(min_value=low)
+    return gxe.ExpectTableRowCountToBeBetween(min_value=plain(low), meta=keys(min_value=low))
 
 
 def rows_equal(n: int, why: str | None = None):
@@ -130,16 +172,21 @@ def unique(*columns: str):
     return gxe.ExpectCompoundColumnsToBeUnique(column_list=list(columns))
 
 
-def in_set(column: str, values: list, why: str | None = None, **kwargs):
-    return gxe.ExpectColumnValuesToBeInSet(column=column, value_set=values, description=why, **kwargs)
+def in_set(column: str, values: list, why: str | None = None, mostly: float = 1.0, mostly_key: str | None = None):
+    meta = {"params": {"mostly": mostly_key}} if mostly_key else None
+    return gxe.ExpectColumnValuesToBeInSet(column=column, value_set=values, description=why, mostly=mostly, meta=meta)
 
 
-def between(column: str, low=None, high=None, why: str | None = None):
-    return gxe.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high, description=why)
+def between(column: str, low=None, high=None, why: str | None = None, key: str | None = None):
+    """Values in [low, high]; `key` names the params key of a bound computed from one (1 - drift)."""
+    meta = keys(min_value=low, max_value=high) or ({"params": {"min_value": key, "max_value": key}} if key else None)
+    return gxe.ExpectColumnValuesToBeBetween(column=column, min_value=plain(low), max_value=plain(high),
+                                             description=why, meta=meta)  # fmt: skip
 
 
 def lengths(column: str, low: int | None = None, high: int | None = None):
-    return gxe.ExpectColumnValueLengthsToBeBetween(column=column, min_value=low, max_value=high)
+    return gxe.ExpectColumnValueLengthsToBeBetween(column=column, min_value=plain(low), max_value=plain(high),
+                                                   meta=keys(min_value=low, max_value=high))  # fmt: skip
 
 
 # --- derived columns: pure ----------------------------------------------------------------------------------------
@@ -188,16 +235,6 @@ def id_columns(ids: pd.Series, pad: int) -> dict[str, pd.Series]:
         "max_id": ids.map(lambda x: x.max() if len(x) else np.nan),
         "pad_fraction": ids.map(lambda x: float(np.mean(x == pad)) if len(x) else 1.0),
     }
-
-
-def class_shares(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Rows (split, prediction, share): each predicted label's share of its split.
-
-    splits ['test', 'test', 'test', 'validation'], predictions [0, 0, 2, 1] -> (test, 0, 0.667), (test, 2, 0.333),
-    (validation, 1, 1.0)
-    """
-    shares = predictions.groupby("split")["prediction"].value_counts(normalize=True)
-    return shares.rename("share").reset_index()
 
 
 def has_key(df: pd.DataFrame, keys: pd.DataFrame, columns: list[str]) -> pd.Series:
@@ -288,7 +325,7 @@ def clean_tables(p: CleanGateParams, corpus: Path = CLEAN) -> dict:
     checks = [rows(p.min_documents), unique("id"), not_null("text"), between("n_words", p.min_words, p.max_words)]
     checks += [
         between("stopword_ratio", p.min_stopword_ratio, why="English"),
-        in_set("is_duplicate", [False], "few exact duplicates", mostly=1 - p.max_duplicate_rate),
+        in_set("is_duplicate", [False], "few duplicates", 1 - p.max_duplicate_rate, key_of(p.max_duplicate_rate)),
         gxe.ExpectColumnValuesToNotMatchRegex(column="text", regex=MARKUP, description="no markup left"),
     ]
     return {"corpus": (df, checks)}
@@ -327,7 +364,9 @@ def tokenize_tables(p: TokenizeGateParams, root: Path = TOKENIZE) -> dict:
     count = {"corpus_tokens": [corpus_tokens], "block_tokens": [block_tokens]}
     count["block_token_ratio"] = [block_tokens / max(1, corpus_tokens)]
     drift = p.max_block_token_drift
-    ratio = between("block_token_ratio", 1 - drift, 1 + drift, "tokens in blocks / corpus tokens (meta.json)")
+    ratio = between(
+        "block_token_ratio", 1 - drift, 1 + drift, "tokens in blocks / corpus tokens (meta.json)", drift.key
+    )
     tables["blocks.tokens"] = (pd.DataFrame(count), [ratio])
     for split in task:
         df = task[split].to_pandas()
@@ -384,8 +423,8 @@ def read_predictions(path: Path) -> pd.DataFrame:
 def predictions_tables(
     p: PredictionsGateParams, runs: list[str], models: Path = FINETUNE, task: Path = TOKENIZE / "task"
 ) -> dict:
-    """Each run's predictions: exactly one per held-out verse (ids match the split), labels in the label set, not
-    all one genre. `runs` are the keys of finetune.runs (the runs evaluate scores)."""
+    """Each run's predictions: exactly one per held-out verse (ids match the split), labels in the label set. `runs`
+    are the keys of finetune.runs (the runs evaluate scores)."""
     from datasets import load_from_disk
 
     ingested = load_from_disk(str(task))
@@ -400,10 +439,8 @@ def predictions_tables(
         checks += [in_set("in_split", [True], "a verse of the split it names"), in_set("split", HELD_OUT)]
         checks += [not_null("prediction"), in_set("prediction", label_ids)]
         coverage = held_out.assign(predicted=has_key(held_out, df, key))
-        share = between("share", high=p.max_class_share, why="not one genre for everything")
         tables[f"{run}.predictions"] = (df, checks)
         tables[f"{run}.coverage"] = (coverage, [in_set("predicted", [True], "every held-out verse predicted")])
-        tables[f"{run}.class_share"] = (class_shares(df), [share])
     return tables
 
 
