@@ -109,10 +109,11 @@ def match_case(text: str, like: str) -> str:
     return text
 
 
-def round_trip(texts: list[str], pivot: str) -> tuple[list[str], list[str]]:
-    """(pivot texts, English again) through the pivot's two modes; the English keeps each source's first capital."""
+def round_trip(texts: list[str], pivot: str, middle: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(pivot texts, English again) through the pivot's two modes (the first pass skipped when `middle` gives its
+    output); the English keeps each source's first capital."""
     there, back, _ = PIVOTS[pivot]
-    middle = translate(texts, there)
+    middle = translate(texts, there) if middle is None else middle
     return middle, [match_case(e, t) for e, t in zip(translate(middle, back), texts, strict=True)]
 
 

@@ -140,7 +140,7 @@ def inputs(ingested, tmp_path_factory) -> tuple[Path, Path]:
         label_smoothing=0.1, grad_clip=1.0, checkpoint_every=0, log_every=10, eval_pairs=2, num_beams=1,
         no_repeat_ngram_size=0, batch_size_eval=4,
     )  # fmt: skip
-    translate(tiny, tmp / "parallel", tmp / "5_translate", tmp / "translate.json", tmp / "checkpoints")
+    translate(tiny, tmp / "parallel", tmp / "5_translate", tmp / "translate.json", tmp / "checkpoints", tmp / "t.md")
     return ingested / "task", tmp / "5_translate"
 
 
