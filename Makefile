@@ -1,6 +1,8 @@
 # Two commands on a fresh machine (Python 3.11, no GPU, no internet but the package registries):
 #   make pipeline   sets up .venv and runs the whole pipeline (`dvc repro`), printing per-stage times
 #   make test       sets up .venv and runs the tests
+# Setup first checks Apertium (Debian packages, the default back-translator): as root with apt-get it installs them,
+# otherwise it stops with the command to run (`make pipeline` needs it only for augment.translators: apertium).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # PyTorch's own index holds the CPU build (a bare `pip install torch` takes the multi-GB CUDA one from PyPI).
@@ -14,8 +16,11 @@ export GX_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup pipeline test
-setup: $(VENV)/.installed
+.PHONY: setup apertium pipeline test
+setup: apertium $(VENV)/.installed
+
+apertium:
+	python3 -m scripts.apertium $(APERTIUM_FLAGS)
 
 # torch first, its CPU build from PyTorch's index (TORCH_VARIANT above), then the project.
 $(VENV)/.installed: pyproject.toml
@@ -28,6 +33,7 @@ $(VENV)/.installed: pyproject.toml
 pipeline: setup
 	$(PY) -m scripts.repro
 
+test: APERTIUM_FLAGS = --always
 test: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	$(PY) -m pytest

@@ -1,39 +1,49 @@
-"""augment: paraphrase the labeled training verses by back-translation (en -> es -> en), with a quality gate.
+"""augment: paraphrase the labeled training verses by back-translation (English -> pivot -> English), with a gate.
 
 Reads  data/1_ingest/task (split train)   text, label, book, chapter, verse
-       models/5_translate/{en-es,es-en}    the translators of the translate stage (augment.translators: pipeline),
-                                           or any two seq2seq checkpoints by hub name or local path
+       Apertium's modes (augment.translators: apertium, the default)   Debian's apertium-* packages
+       models/5_translate/{en-es,es-en}    the translate stage's translators (augment.translators: pipeline; that
+                                           stage runs in study/dvc.yaml), or any two seq2seq checkpoints by hub
+                                           name or local path
        models/4_pretrain                   the pre-trained causal LM that scores fluency (augment.fluency_model:
                                            pipeline), or any causal LM by hub name or local path
        cache/translations/                 translations of earlier runs (not a DVC output: DVC deletes those)
 Writes data/6_augment                      Dataset (save_to_disk): text (the paraphrase), label (the source's, same
                                            ClassLabel), source_text, book, chapter, verse; may be empty
-       data/6_augment/samples.jsonl        kept pairs and dropped ones per reason, for inspection
-       data/6_augment/meta.json
-       metrics/augment.json                sources, generated, kept, drops per reason, median perplexities of
-                                           sources, kept and dropped paraphrases, sentences per second;
-                                           {"skipped": reason, ...} when translate made no translators (no
-                                           parallel corpus) and augment.translators is `pipeline`
+       data/6_augment/samples.jsonl        `samples` random kept pairs (seeded) and dropped ones per reason
+       data/6_augment/meta.json            params, counts, library versions; Apertium's package versions
+       reports/augment.md                  the same, readable: drops per reason, kept per pivot, the kept pairs
+       metrics/augment.json                sources, generated, kept, drops per reason, kept per pivot and label,
+                                           translation cache hits/misses, sentences per second (and fluency);
+                                           {"skipped": reason, ...} when `pipeline` translators were not trained
+                                           (no parallel corpus)
 
     python -m stages.augment
 
-Each verse is translated to Spanish (beam search: the best pivot), then back to English `num_paraphrases` times by
-sampling (top-k, top-p, temperature; seeded, so a rerun repeats); other decoding settings (no_repeat_ngram_size)
-come from the translators' generation_config. A paraphrase passes the filters of FILTERS in order, each answering
-None (keep) or the reason to drop it, then a duplicate check, then at most `keep_per_verse` of a verse's survivors
-are kept: the most fluent when fluency is scored (sample several, keep the best), else the first sampled. Fluency
-(off by default) is the paraphrase's perplexity under a causal language model (`fluency_model`: `pipeline` = the
-pretrain stage's, or any causal LM) divided by its source verse's, so a long or rare-worded verse is not held
-against its paraphrases; above `max_perplexity_ratio` it is `not_fluent`. A masked pretrain model has no
-perplexity: fluency is then skipped, and metrics/augment.json says so. `sentences_per_second` counts English
-paraphrases generated (not read from the cache) per second of generation (both passes).
+paraphrase() is the whole computation on rows in memory (the study calls it on its own labeled draws); run() reads
+the task, calls it and writes. Translators (`augment.translators`):
+- `apertium` (stages/apertium.py): each verse through every pivot of `augment.apertium.pivots` (Spanish, Catalan,
+  Galician, Esperanto), one process per pivot and direction for all verses. Rule-based and deterministic: one
+  paraphrase per pivot and verse; different pivots give different paraphrases. Unknown words come back bare (as
+  `apertium -u`), without Apertium's `*`/`@`/`#` marks. The cache key holds the mode and the installed package
+  versions, so a new Apertium retranslates; meta.json records those versions.
+- `pipeline` (the translate stage's models, on the CPU) or two seq2seq checkpoints named in `augment.translators`
+  (MarianMT, NLLB, M2M100, T5; on the GPU when there is one, bf16 autocast): each verse to Spanish by beam search,
+  then back `num_paraphrases` times by sampling (top-k, top-p, temperature; seeded); other decoding settings
+  (no_repeat_ngram_size) come from the translators' generation_config. The cache key holds the model files' hash
+  (or hub name@commit) and the decoding settings. The English pass samples from one torch stream seeded once per
+  run, so a verse's paraphrases depend on every pivot sampled before it: its entries also carry the hash of the
+  whole pivot list and are reused only all together (the pivot pass, deterministic, is reused text by text).
+A rerun with unchanged inputs translates nothing.
 
-Translators: `pipeline` runs the translate stage's models on the CPU, as always; checkpoints named in
-`augment.translators` (MarianMT, NLLB, M2M100, T5) run on the GPU when there is one (bf16 autocast). Each pass
-looks its texts up in a cache keyed by (model files' hash or hub name@commit, decoding settings, text): a rerun
-with unchanged inputs translates nothing. The English pass samples from one torch stream seeded once per run, so a
-verse's paraphrases depend on every pivot sampled before it: its cache entries also carry the hash of the whole
-pivot list and are reused only all together (the pivot pass, deterministic, is reused text by text).
+A paraphrase passes the filters of FILTERS in order, each answering None (keep) or the reason to drop it (an empty
+verse is `empty_source`, never translated), then a duplicate check, then at most `keep_per_verse` of a verse's
+survivors are kept: the most fluent when fluency is scored, else the first generated. Fluency (off by default) is
+the paraphrase's perplexity under a causal language model (`fluency_model`: `pipeline` = the pretrain stage's, or
+any causal LM) divided by its source verse's, so a long or rare-worded verse is not held against its paraphrases;
+above `max_perplexity_ratio` it is `not_fluent`. A masked pretrain model has no perplexity: fluency is then skipped,
+and metrics/augment.json says so. `sentences_per_second` counts English paraphrases translated (not read from the
+cache) per second of translation (both passes).
 """
 
 import dataclasses
@@ -42,16 +52,19 @@ import itertools
 import json
 import math
 import os
+import random
 import re
 import statistics
 import time
 import warnings
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from stages import apertium
 from stages.clean import STOPWORDS
 from stages.common import atomic_dir, covered_by_deps, fail, is_local, load_params, meta, write_json
 
@@ -60,6 +73,7 @@ MODELS = Path("models/5_translate")
 PRETRAIN = Path("models/4_pretrain")  # augment.fluency_model: pipeline
 OUT = Path("data/6_augment")
 METRICS = Path("metrics/augment.json")
+REPORT = Path("reports/augment.md")
 CACHE = Path("cache/translations")
 DVC_FILE = Path("dvc.yaml")
 METRIC_MODULES = Path(__file__).resolve().parent.parent / "metric_modules"
@@ -83,11 +97,22 @@ class Translators:
 
 
 @dataclass(frozen=True)
+class ApertiumParams:
+    pivots: list[str] = field(default_factory=lambda: list(apertium.PIVOTS))  # keys of stages.apertium.PIVOTS
+
+    def validate(self):
+        unknown = [p for p in self.pivots if p not in apertium.PIVOTS]
+        if unknown or not self.pivots or len(set(self.pivots)) < len(self.pivots):
+            yield (f"pivots: {self.pivots} has unknown, repeated or no pivot names; known: "
+                   f"{', '.join(f'{k} ({v[0]}/{v[1]})' for k, v in apertium.PIVOTS.items())}")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class AugmentParams:
     seed: int
     threads: int  # torch CPU threads; 0 = torch's default (one per core)
-    num_paraphrases: int  # sampled back-translations per verse
-    pivot_beams: int  # beams for the Spanish pivot (1 = greedy)
+    num_paraphrases: int  # seq2seq translators: sampled back-translations per verse (Apertium: one per pivot)
+    pivot_beams: int  # seq2seq: beams for the Spanish pivot (1 = greedy)
     top_k: int  # sampling of the English side: the k likeliest tokens ...
     top_p: float  # ... within this probability mass ...
     temperature: float  # ... sharpened (< 1) or flattened (> 1)
@@ -103,11 +128,13 @@ class AugmentParams:
     keep_per_verse: int = 0  # of a verse's paraphrases that pass, at most this many, the most fluent; 0 = all
     fluency_model: str | None = None  # causal LM scoring fluency: "pipeline" = models/4_pretrain, a name/folder, None
     max_perplexity_ratio: float = 0.0  # paraphrase perplexity / source perplexity above this: not_fluent; 0 = off
-    translators: str | Translators = "pipeline"  # "pipeline" = models/5_translate, else {en_es: .., es_en: ..}
+    translators: str | Translators = "apertium"  # "apertium", "pipeline" = models/5_translate, or {en_es:, es_en:}
+    apertium: ApertiumParams = field(default_factory=ApertiumParams)
 
     def validate(self):
-        if isinstance(self.translators, str) and self.translators != "pipeline":
-            yield f"translators: 'pipeline' or a mapping {{en_es: ..., es_en: ...}}, got {self.translators!r}"
+        if isinstance(self.translators, str) and self.translators not in ("apertium", "pipeline"):
+            yield (f"translators: 'apertium', 'pipeline' or a mapping {{en_es: ..., es_en: ...}}, got "
+                   f"{self.translators!r}")  # fmt: skip
         for name in ("num_paraphrases", "pivot_beams", "top_k", "max_length", "batch_size"):
             if getattr(self, name) < 1:
                 yield f"{name}: must be >= 1, got {getattr(self, name)}"
@@ -134,6 +161,11 @@ class AugmentParams:
 def words(text: str) -> list[str]:
     """Lowercased words, punctuation gone: words("God said, “Let") -> ["god", "said", "let"]."""
     return re.findall(r"\w+", text.casefold())
+
+
+def empty_filter(c: dict, p: AugmentParams) -> str | None:
+    """A verse with no text (blank after its newlines and spaces): nothing to translate, so never translated."""
+    return "empty_source" if not apertium.clean(c["source_text"]) else None
 
 
 def identical_filter(c: dict, p: AugmentParams) -> str | None:
@@ -182,7 +214,15 @@ def fluency_filter(c: dict, p: AugmentParams) -> str | None:
     return "not_fluent" if p.max_perplexity_ratio and ratio is not None and ratio > p.max_perplexity_ratio else None
 
 
-FILTERS = [identical_filter, length_filter, language_filter, repetition_filter, similarity_filter, fluency_filter]
+FILTERS = [
+    empty_filter,
+    identical_filter,
+    length_filter,
+    language_filter,
+    repetition_filter,
+    similarity_filter,
+    fluency_filter,
+]
 
 
 def quality_gate(candidates: list[dict], p: AugmentParams) -> tuple[list[dict], list[tuple[str, dict]]]:
@@ -280,15 +320,19 @@ def load_translator(spec: Translator, where: str, dev: torch.device) -> Loaded:
     return Loaded(model.to(dev).eval(), tokenizer, dev, identity, spec.prefix, bos)
 
 
+PIPELINE_NEEDS = (
+    f"augment.translators: pipeline needs the translate stage's models, and the augment stage must depend on them: "
+    f"run `dvc repro study/dvc.yaml:translate` and add `{MODELS}` to the augment stage's deps in dvc.yaml "
+    f"(or use augment.translators: apertium)"
+)
+
+
 def load_translators(p: AugmentParams, models: Path) -> tuple[Loaded, Loaded]:
     """(en_es, es_en): the translate stage's models on the CPU (as always), or the two of augment.translators on
     stages.training.device()."""
     from stages.training import device
 
     if p.translators == "pipeline":
-        for name in ("en-es", "es-en"):
-            if not (models / name / "config.json").exists():
-                fail(f"{models / name}: no translator; run `python -m stages.translate` first")
         cpu = torch.device("cpu")
         return tuple(load_translator(Translator(str(models / n)), f"{models / n}", cpu) for n in ("en-es", "es-en"))
     dev = device()
@@ -416,6 +460,64 @@ def back_translate(en_es: Loaded, es_en: Loaded, texts: list[str], p: AugmentPar
     )  # fmt: skip
 
 
+def cached_apertium(texts: list[str], mode: str, versions: dict, cache: TranslationCache, step: str) -> list[str]:
+    """apertium.translate() of the texts, reading and filling `cache` text by text (Apertium is deterministic): the
+    key holds the mode, the versions of the engine and pair packages, and the text."""
+    keys = [{"model": f"apertium:{mode}", "settings": {"versions": versions}, "text": t} for t in texts]
+    found = [(f or [None])[0] for f in map(cache.get, keys)]
+    todo = [i for i, f in enumerate(found) if f is None]
+    if todo:
+        try:
+            new = apertium.translate([texts[i] for i in todo], mode)
+        except RuntimeError as e:
+            fail(f"augment: {e}")
+        for i, translation in zip(todo, new, strict=True):
+            found[i] = translation
+            cache.put(keys[i], [translation])
+    cache.counts[step]["hits"] += len(texts) - len(todo)
+    cache.counts[step]["misses"] += len(todo)
+    return found
+
+
+def apertium_paraphrases(texts: list[str], pivots: list[str], cache: TranslationCache) -> list[list[tuple[str, str]]]:
+    """For each text, (pivot, English round trip through the pivot) for every pivot, in pivot order: two Apertium
+    processes per pivot, one per direction, for all the texts."""
+    versions = apertium.versions(pivots)
+    out = [[] for _ in texts]
+    for pivot in pivots:
+        there, back, package = apertium.PIVOTS[pivot]
+        pinned = {k: versions[k] for k in (*apertium.ENGINE, package)}
+        middle = cached_apertium(texts, there, pinned, cache, "pivot")
+        english = cached_apertium(middle, back, pinned, cache, "back")
+        for paraphrases, text, en in zip(out, texts, english, strict=True):
+            paraphrases.append((pivot, apertium.match_case(en, text)))
+    return out
+
+
+def require_translators(p: AugmentParams, models: Path) -> None:
+    """Exit with one message when Apertium lacks a pivot's mode, or the translate stage's models are missing."""
+    if p.translators == "apertium" and (why := apertium.missing(p.apertium.pivots)):
+        fail(f"augment.apertium.pivots: {why}")
+    if p.translators == "pipeline" and not all((models / n / "config.json").exists() for n in ("en-es", "es-en")):
+        fail(f"{models}: no translators. {PIPELINE_NEEDS}")
+
+
+def translators(p: AugmentParams, models: Path) -> tuple[Callable, dict]:
+    """(back_translate, record): back_translate(texts, cache) gives each text's [(pivot, paraphrase), ...];
+    record is what meta.json says of the translators. A missing translator fails here, before any work."""
+    require_translators(p, models)
+    if p.translators == "apertium":
+        record = {"apertium": apertium.versions(p.apertium.pivots)}
+        return lambda texts, cache: apertium_paraphrases(texts, p.apertium.pivots, cache), record
+    en_es, es_en = load_translators(p, models)
+    record = {} if p.translators == "pipeline" else {"translators": {"en_es": en_es.identity, "es_en": es_en.identity}}
+
+    def sampled(texts: list[str], cache: TranslationCache) -> list[list[tuple[str, str]]]:
+        return [[("spa", t) for t in ts] for ts in back_translate(en_es, es_en, texts, p, cache)]
+
+    return sampled, record
+
+
 # --- fluency: perplexity under a causal language model ---------------------------------------------------------
 
 
@@ -496,66 +598,81 @@ def chrf_to_source(texts: list[str], sources: list[str]) -> list[float]:
     return chrf.compute(predictions=texts, references=sources, sentence_scores=True)["sentence_chrf"]
 
 
-def recorded_params(p: AugmentParams) -> dict:
-    """p as meta.json records it. `translators: pipeline` is left out: the default config's artifact stays
-    byte-identical to the one written before the key existed (same dvc.lock hash, no fine-tuning rerun)."""
-    params = dataclasses.asdict(p)
-    if params["translators"] == "pipeline":
-        del params["translators"]
-    return params
+def paraphrase(
+    rows: list[dict], p: AugmentParams, cache: Path | None = CACHE, models: Path = MODELS, pretrain: Path = PRETRAIN
+) -> tuple[list[dict], list[tuple[str, dict]], dict]:  # fmt: skip
+    """Back-translated paraphrases of `rows` through the quality gate: (kept, dropped, stats).
+
+    rows: dicts with text, label, book, chapter, verse (other keys are ignored), e.g. a task split's to_list().
+    kept: candidates that passed, in row order, each {text (the paraphrase), label, source_text, book, chapter,
+        verse, chrf (to the source, 0-100), pivot ("spa", "cat", "glg", "epo"; "spa" for seq2seq translators)},
+        plus perplexity and perplexity_ratio when fluency is scored.
+    dropped: (reason, candidate) pairs, reasons as in FILTERS and quality_gate.
+    stats: sources, generated (candidates: per row one per pivot, or num_paraphrases), kept, drops (per reason),
+        kept_per_pivot, translation_cache (hits/misses per pass: a rerun with unchanged inputs misses none),
+        sentences_per_second (paraphrases translated, not read from `cache`, per second), fluency (when on), and
+        record (what meta.json says of the translators: Apertium's package versions, or checkpoints' identities).
+    Nothing is written but the cache (cache=None: off). A missing translator exits with one message.
+    """
+    translate_all, record = translators(p, models)  # first: a missing translator fails before any work
+    scorer = load_scorer(p, pretrain)
+    cache_ = TranslationCache(cache)
+    texts = list(dict.fromkeys(r["text"] for r in rows if apertium.clean(r["text"])))  # empty: never translated
+    t0 = time.time()
+    by_text = dict(zip(texts, translate_all(texts, cache_), strict=True))
+    seconds = time.time() - t0
+    names = p.apertium.pivots if p.translators == "apertium" else ["spa"] * p.num_paraphrases
+    candidates = [
+        {"text": text, "label": r["label"], "source_text": r["text"], "book": r["book"], "chapter": r["chapter"],
+         "verse": r["verse"], "pivot": pivot}
+        for r in rows for pivot, text in by_text.get(r["text"], [(name, "") for name in names])
+    ]  # fmt: skip
+    scored = [c for c in candidates if c["text"]]
+    for c, chrf in zip(scored, chrf_to_source([c["text"] for c in scored], [c["source_text"] for c in scored]),
+                       strict=True):  # fmt: skip
+        c["chrf"] = round(chrf, 2)
+    for c in candidates:
+        c.setdefault("chrf", 0.0)
+    fluency = score_fluency(scorer, scored, [c["source_text"] for c in scored], p)
+    kept, dropped = quality_gate(candidates, p)
+    if fluency and not fluency.get("skipped"):
+        fluency["kept_median"] = median_ppl(kept)
+        fluency["dropped_median"] = median_ppl([c for _, c in dropped if "perplexity" in c])
+    per_pass = 1 if p.translators == "apertium" else p.num_paraphrases
+    stats = {
+        "sources": len(rows),
+        "generated": len(candidates),
+        "kept": len(kept),
+        "drops": dict(sorted(Counter(r for r, _ in dropped).items())),
+        "kept_per_pivot": dict(Counter(c["pivot"] for c in kept)),
+        **({"fluency": fluency} if fluency else {}),
+        "translation_cache": cache_.counts,  # texts per pass: read from the cache, or translated
+        "sentences_per_second": round(cache_.counts["back"]["misses"] * per_pass / max(seconds, 1e-9), 2),
+        "record": record,
+    }
+    return kept, dropped, stats
 
 
 def run(
     p: AugmentParams, task: Path = TASK, models: Path = MODELS, out: Path = OUT, metrics_path: Path = METRICS,
     cache: Path | None = CACHE, pretrain: Path = PRETRAIN,
 ) -> dict:  # fmt: skip
-    from datasets import Dataset, Features, Value, load_from_disk
+    from datasets import Dataset, load_from_disk
 
     if p.threads:
         torch.set_num_threads(p.threads)
     if p.translators == "pipeline" and (reason := translate_skipped(models)):
-        return skip(f"{reason}, and no augment.translators: no back-translation", p, task, out, metrics_path)
-    en_es, es_en = load_translators(p, models)  # first: a missing checkpoint fails before any work
-    scorer = load_scorer(p, pretrain)
+        return skip(f"{reason}, and augment.translators is pipeline: no back-translation", p, task, out, metrics_path)
+    require_translators(p, models)  # before any work
     train = load_from_disk(str(task))["train"]
-    translations = TranslationCache(cache)
-
-    rows = train.to_list()
-    t0 = time.time()
-    paraphrases = back_translate(en_es, es_en, [r["text"] for r in rows], p, translations)
-    seconds = time.time() - t0
-    candidates = [
-        {"text": text, "label": r["label"], "source_text": r["text"], "book": r["book"], "chapter": r["chapter"],
-         "verse": r["verse"]}
-        for r, texts in zip(rows, paraphrases, strict=True) for text in texts
-    ]  # fmt: skip
-    scores = chrf_to_source([c["text"] for c in candidates], [c["source_text"] for c in candidates])
-    for c, s in zip(candidates, scores, strict=True):
-        c["chrf"] = round(s, 2)
-    fluency = score_fluency(scorer, candidates, [r["text"] for r in rows], p)
-    kept, dropped = quality_gate(candidates, p)
-    if fluency and not fluency.get("skipped"):
-        fluency["kept_median"] = median_ppl(kept)
-        fluency["dropped_median"] = median_ppl([c for _, c in dropped])
-
+    kept, dropped, stats = paraphrase(train.to_list(), p, cache, models, pretrain)
+    record = stats.pop("record")
     label = train.features["label"]
-    columns = ["text", "label", "source_text", "book", "chapter", "verse"]
-    features = Features({"text": Value("string"), "label": label, "source_text": Value("string"),
-                         "book": Value("string"), "chapter": Value("int64"), "verse": Value("int64")})  # fmt: skip
-    dataset = Dataset.from_dict({col: [c[col] for c in kept] for col in columns}, features=features)
-    metrics = {
-        "sources": len(rows),
-        "generated": len(candidates),
-        "kept": len(kept),
-        "drops": dict(sorted(Counter(r for r, _ in dropped).items())),
-        "kept_per_label": {name: sum(c["label"] == i for c in kept) for i, name in enumerate(label.names)},
-        **({"fluency": fluency} if fluency else {}),
-        "translation_cache": translations.counts,  # texts per pass: read from the cache, or translated
-        "sentences_per_second": round(
-            translations.counts["back"]["misses"] * p.num_paraphrases / max(seconds, 1e-9), 2
-        ),
-    }
-    samples = [{"status": "kept", **c} for c in kept[:: max(1, len(kept) // max(1, p.samples))][: p.samples]]
+    metrics = {**stats, "kept_per_label": {n: sum(c["label"] == i for c in kept) for i, n in enumerate(label.names)}}
+    features = output_features(label)
+    dataset = Dataset.from_dict({col: [c[col] for c in kept] for col in features}, features=features)
+    picked = sorted(random.Random(p.seed).sample(range(len(kept)), min(p.samples, len(kept))))
+    samples = [{"status": "kept", **kept[i]} for i in picked]
     per_reason = defaultdict(list)
     for reason, c in dropped:
         if len(per_reason[reason]) < p.samples:
@@ -565,12 +682,17 @@ def run(
         with open(tmp / "samples.jsonl", "w") as f:
             for row in samples + [r for rs in per_reason.values() for r in rs]:
                 f.write(json.dumps({**row, "label": label.int2str(row["label"])}, ensure_ascii=False) + "\n")
-        info = meta(recorded_params(p), **metrics)
-        if p.translators != "pipeline":
-            info["translators"] = {"en_es": en_es.identity, "es_en": es_en.identity}
-        write_json(info, tmp / "meta.json")
+        write_json({**meta(p, **metrics), **record}, tmp / "meta.json")
     write_json(metrics, metrics_path)
     return metrics
+
+
+def output_features(label):
+    """The paraphrase dataset's columns: the task's, and source_text; `label` is the task's ClassLabel."""
+    from datasets import Features, Value
+
+    return Features({"text": Value("string"), "label": label, "source_text": Value("string"),
+                     "book": Value("string"), "chapter": Value("int64"), "verse": Value("int64")})  # fmt: skip
 
 
 def score_fluency(scorer: Scorer | None, candidates: list[dict], sources: list[str], p: AugmentParams) -> dict:
@@ -603,33 +725,35 @@ def translate_skipped(models: Path) -> str | None:
 
 def skip(reason: str, p: AugmentParams, task: Path, out: Path, metrics_path: Path) -> dict:
     """No paraphrases: an empty dataset with the task's columns, and the reason in meta.json and the metrics."""
-    from datasets import Dataset, Features, Value, load_from_disk
+    from datasets import Dataset, load_from_disk
 
-    label = load_from_disk(str(task))["train"].features["label"]
-    features = Features({"text": Value("string"), "label": label, "source_text": Value("string"),
-                         "book": Value("string"), "chapter": Value("int64"), "verse": Value("int64")})  # fmt: skip
+    features = output_features(load_from_disk(str(task))["train"].features["label"])
     metrics = {"skipped": reason, "sources": 0, "generated": 0, "kept": 0}
     with atomic_dir(out) as tmp:
         Dataset.from_dict({c: [] for c in features}, features=features).save_to_disk(str(tmp), num_shards=1)
         (tmp / "samples.jsonl").write_text("")
-        write_json(meta(recorded_params(p), **metrics), tmp / "meta.json")
+        write_json(meta(p, **metrics), tmp / "meta.json")
     write_json(metrics, metrics_path)
     print(f"augment skipped: {reason}")
     return metrics
 
 
-def undeclared_models(p: AugmentParams, dvc_file: Path = DVC_FILE) -> list[str]:
+def undeclared_models(p: AugmentParams, dvc_file: Path = DVC_FILE, models: Path = MODELS) -> list[str]:
     """The local model folders of augment.translators and augment.fluency_model that no dep of the augment stage in
     dvc.yaml covers: DVC would not rerun augment when they change. Hub names need no dep: params.yaml pins them by
-    name (and revision). `pipeline` needs none either: dvc.yaml lists models/5_translate and models/4_pretrain."""
+    name (and revision). `translators: pipeline` needs models/5_translate as a dep (the translate stage is in
+    study/dvc.yaml, outside the default `dvc repro`); `fluency_model: pipeline` has models/4_pretrain in dvc.yaml."""
+    problems = (
+        [PIPELINE_NEEDS] if p.translators == "pipeline" and not covered_by_deps(models, "augment", dvc_file) else []
+    )
     named = {}
-    if p.translators != "pipeline":
+    if isinstance(p.translators, Translators):
         for key in ("en_es", "es_en"):
             spec = getattr(p.translators, key)
             named[f"translators.{key}"] = ("translator", spec if isinstance(spec, str) else spec.model)
     if p.fluency_model and p.fluency_model != "pipeline":
         named["fluency_model"] = ("fluency model", p.fluency_model)
-    return [
+    return problems + [
         f"augment.{key}: the local {what} {name} is not a dependency of the augment stage; add it to the stage's "
         f"deps in {dvc_file}, so that DVC reruns augment when the model changes"
         for key, (what, name) in named.items()

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from datasets import load_from_disk
 
+from stages.apertium import PIVOTS
 from stages.common import MEASURED
 from tests.conftest import run
 
@@ -41,9 +42,11 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_project):
     assert metrics["runs"]["tfidf"]["chosen"]["C"] in params["baseline"]["train"]["C"]
     report = (tiny_project / "reports/evaluate.md").read_text()
     assert "| lora |" in report and "| tfidf |" in report and "TF-IDF + logistic regression baseline" in report
+    augment = json.loads((tiny_project / "metrics/augment.json").read_text())  # Apertium: one paraphrase per pivot
+    assert augment["generated"] == 4 * augment["sources"] and set(augment["kept_per_pivot"]) == set(PIVOTS)
+    assert not (tiny_project / "models/5_translate").exists()  # the translate stage is the study's (study/dvc.yaml)
     for out in (
         "models/4_pretrain/model.safetensors",
-        "models/5_translate",
         "data/6_augment",
         "models/7_finetune/lora/body/adapter_config.json",
         "models/7_baseline/tfidf_bt/model.safetensors",

@@ -182,7 +182,7 @@ def test_bad_params_print_one_line_without_a_traceback(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
-        "error: params.yaml: evaluate: unknown key(s) splitt; expected: split, replicates, seed"
+        "error: params.yaml: evaluate: unknown key(s) splitt; expected: split, replicates, seed, max_class_share"
     ]
 
 
@@ -371,17 +371,18 @@ def test_the_bundled_record_leaves_the_own_keys_out():
     assert p.source == "bundled" and not set(ingest.OWN_KEYS) & set(ingest.recorded_params(p))
 
 
-# --- no parallel corpus: translate and augment skip, and the report says back-translation was not measured ----
+# --- no parallel corpus: translate and the pipeline's translators skip; the report says BT was not measured ----
 
 
-def test_without_pairs_translate_and_augment_skip_with_the_reason(files):
+def test_without_pairs_translate_and_pipeline_augment_skip_with_the_reason(files):
     out, _ = run_own(files, own_params(files))
     models, metrics = files / "5_translate", files / "translate.json"
-    t = translate.run(load_params("translate", translate.TranslateParams, PARAMS), out / "parallel", models, metrics)
+    tp = load_params("translate", translate.TranslateParams, PARAMS)
+    t = translate.run(tp, out / "parallel", models, metrics, files / "ckpt", files / "translate.md")
     assert "no parallel corpus" in t["skipped"] and json.loads(metrics.read_text()) == t
-    a_params = load_params("augment", augment.AugmentParams, PARAMS)
+    a_params = dataclasses.replace(load_params("augment", augment.AugmentParams, PARAMS), translators="pipeline")
     a = augment.run(a_params, out / "task", models, files / "6_augment", files / "augment.json", cache=None)
-    assert "no parallel corpus" in a["skipped"] and "no augment.translators" in a["skipped"] and a["kept"] == 0
+    assert "no parallel corpus" in a["skipped"] and "translators is pipeline" in a["skipped"] and a["kept"] == 0
     paraphrases = load_from_disk(str(files / "6_augment"))
     assert len(paraphrases) == 0 and paraphrases.features["label"].names == ["negative", "positive"]
 
@@ -417,6 +418,7 @@ def test_translate_trains_on_a_users_pairs(files):
     tp = load_params("translate", translate.TranslateParams, PARAMS)
     tp = dataclasses.replace(tp, d_model=16, ffn_dim=32, heads=2, vocab_size=200, max_steps=2, batch_size=8,
                              eval_pairs=2, checkpoint_every=0)  # fmt: skip
-    m = translate.run(tp, out / "parallel", files / "5_translate", files / "translate.json", files / "ckpt")
+    m = translate.run(tp, out / "parallel", files / "5_translate", files / "translate.json", files / "ckpt",
+                      files / "translate.md")  # fmt: skip
     assert "skipped" not in m and {"en-es", "es-en"} <= set(m)
     assert (files / "5_translate/en-es/config.json").exists()

@@ -1,4 +1,5 @@
-"""translate: tiny translators train, save loadable models and metrics, resume bit-exactly; BLEU/chrF modules match
+"""translate: tiny translators train, save loadable models and metrics, resume bit-exactly; Apertium is scored beside
+them on the same pairs (or said to be missing) and the report is generated from the metrics; BLEU/chrF modules match
 sacrebleu."""
 
 import dataclasses
@@ -41,9 +42,16 @@ def parallel(tmp_path_factory) -> Path:
     return tmp / "parallel"
 
 
+@pytest.fixture
+def no_apertium(tmp_path, monkeypatch):
+    """Apertium's data folder made empty for the test (and its subprocesses): the tests of training and resuming
+    need no Apertium scoring, which costs a few seconds per run."""
+    monkeypatch.setenv("APERTIUM_DATADIR", str(tmp_path / "no-apertium"))
+
+
 def run_tiny(tmp: Path, parallel: Path, **overrides) -> dict:
     p = T.TranslateParams(**{**TINY, **overrides})
-    return T.run(p, parallel, tmp / "models", tmp / "translate.json", tmp / "checkpoints")
+    return T.run(p, parallel, tmp / "models", tmp / "translate.json", tmp / "checkpoints", tmp / "translate.md")
 
 
 def weights(models: Path) -> dict:
@@ -82,6 +90,7 @@ def test_draw_batch_is_a_function_of_step():
 def test_evenly_spaced():
     assert T.evenly_spaced(10, 3) == [0, 3, 6]
     assert T.evenly_spaced(2, 5) == [0, 1]
+    assert T.evenly_spaced(5, 0) == [0, 1, 2, 3, 4]  # eval_pairs 0: every held-out pair
 
 
 def test_run_saves_loadable_models_and_metrics(tmp_path, parallel):
@@ -104,11 +113,41 @@ def test_run_saves_loadable_models_and_metrics(tmp_path, parallel):
     assert not (tmp_path / "checkpoints").exists()  # removed once the models are written
 
 
+def test_apertium_is_scored_on_the_same_pairs_and_the_report_is_generated(tmp_path, parallel):
+    from datasets import load_from_disk
+
+    from stages import apertium
+
+    metrics = run_tiny(tmp_path, parallel, eval_pairs=0)
+    val = load_from_disk(str(parallel))["validation"]
+    assert metrics["eval_pairs"] == len(val) == 6  # 0 = all
+    a = metrics["apertium"]
+    en_es = apertium.translate(list(val["source"]), "eng-spa")
+    assert a["en-es"] == T.score(en_es, list(val["target"]))  # the same pairs, the same scorer
+    assert set(a["round_trip_chrf"]) == set(apertium.PIVOTS) and all(
+        0 < c <= 100 for c in a["round_trip_chrf"].values()
+    )
+    assert a["round_trip_chrf"]["spa"] > metrics["round_trip_chrf"]  # a rule-based system vs 6 steps of training
+    assert a["versions"] == apertium.versions(list(apertium.PIVOTS))
+    report = (tmp_path / "translate.md").read_text()
+    assert report == T.report(metrics) and "so it does not decide" in report
+    assert f"| Apertium (eng-spa, spa-eng) | {a['en-es']['bleu']} | {a['en-es']['chrf']} |" in report
+    assert all(f"| Apertium, via {pivot} |" in report for pivot in apertium.PIVOTS)
+    sample = json.loads((tmp_path / "models/samples.jsonl").read_text().splitlines()[0])
+    assert sample["apertium en-es"] == en_es[0] and sample["apertium en-es-en"]
+
+
+def test_without_apertium_the_own_translators_are_still_scored(tmp_path, parallel, no_apertium):
+    metrics = run_tiny(tmp_path, parallel, max_steps=2, checkpoint_every=0)
+    assert "not installed" in metrics["apertium"]["skipped"] and "chrf" in metrics["en-es"]
+    assert "Apertium: not measured" in (tmp_path / "translate.md").read_text()
+
+
 class Crash(Exception):
     pass
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path, parallel, monkeypatch, capsys):
+def test_resumed_run_equals_uninterrupted_run(tmp_path, parallel, monkeypatch, capsys, no_apertium):
     run_tiny(tmp_path / "straight", parallel)
 
     real_save = T.save_checkpoint
@@ -134,7 +173,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, parallel, monkeypatch, c
         assert all((straight[d][k] == resumed[d][k]).all() for k in straight[d]), d
 
 
-def test_checkpoint_of_other_params_is_not_resumed(tmp_path, parallel, monkeypatch, capsys):
+def test_checkpoint_of_other_params_is_not_resumed(tmp_path, parallel, monkeypatch, capsys, no_apertium):
     def crash(*args, **kwargs):
         raise Crash
 
@@ -188,7 +227,7 @@ def test_dataclass_fields_match_params_yaml():
     assert list(section) == [f.name for f in dataclasses.fields(T.TranslateParams)]
 
 
-def test_sigkilled_run_resumes_to_identical_models(tmp_path, parallel):
+def test_sigkilled_run_resumes_to_identical_models(tmp_path, parallel, no_apertium):
     """`python -m stages.translate` killed with SIGKILL after its first checkpoint, then rerun, ends with the same
     weights, byte for byte, as a run never interrupted; the killed run left no models folder."""
     import os
