@@ -144,3 +144,94 @@ def test_study_runs_as_its_own_dvc_target_and_reports_every_cell(tiny_project, t
     assert "data_efficiency" in run(["dvc", "plots", "show", "--json"], project).stdout
     assert "changed" not in run(["dvc", "status", "study/dvc.yaml"], project).stdout  # recorded in study/dvc.lock
     assert not (project / "checkpoints/study").exists()  # finished cells are kept only while the study runs
+
+
+@pytest.fixture
+def checkpoint_study(tmp_path, monkeypatch):
+    """A tiny BertModel checkpoint, a task with pool/validation/test (pipeline input_ids that a checkpoint run must
+    not use), and the study's Inputs on it."""
+    from datasets import ClassLabel, Dataset, DatasetDict
+
+    import stages.study as study
+    from stages.ingest import LABELS as GENRES
+    from tests.conftest import VERSES
+    from tests.stages.test_checkpoint_init import save_tiny_bert
+
+    save_tiny_bert(tmp_path / "bert")
+    rows = [{"text": t + s, "input_ids": [9, 9, 9], "label": y, "book": f"B{y}", "chapter": 1, "verse": i}
+            for y, t in VERSES.items() for i, s in enumerate(["", ".", "!", " now"])]  # fmt: skip
+    split = Dataset.from_list(rows).cast_column("label", ClassLabel(names=GENRES))
+    DatasetDict({"pool": split, "validation": split, "test": split}).save_to_disk(tmp_path / "task")
+    monkeypatch.setattr(study, "TASK", tmp_path / "task")
+    monkeypatch.setattr(study, "CHECKPOINTS", tmp_path / "checkpoints")
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    x = study.Inputs(pool=cols, val=cols, test=cols, labels=GENRES, pad_id=1, base_lr=1.0, blocks=None,
+                     fingerprint="pipeline")  # fmt: skip
+    return x, tmp_path
+
+
+def test_a_checkpoint_run_trains_on_its_own_tokens_and_rate_at_its_sizes(checkpoint_study):
+    import dataclasses
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from stages.baseline import BaselineParams
+    from stages.common import from_dict, load_params
+    from stages.finetune import RunParams, TrainParams
+    from stages.study import Cells, checkpoint_inputs
+
+    x, tmp = checkpoint_study
+    r = from_dict(RunParams, {"init": "checkpoint", "checkpoint": str(tmp / "bert"), "method": "full", "lr": 1e-3,
+                              "augmented": False}, "finetune.runs.tiny")  # fmt: skip
+    own = checkpoint_inputs(x, r)
+    tok = AutoTokenizer.from_pretrained(tmp / "bert")
+    assert own.pool["input_ids"][0] == tok(x.pool["text"][0])["input_ids"]  # [CLS] ... [SEP], its own ids
+    assert own.test["input_ids"] == own.pool["input_ids"] and own.pad_id == tok.pad_token_id
+    assert own.base_lr == 1e-3 and own.fingerprint.startswith("pipeline") and own.fingerprint != "pipeline"
+    assert x.pool["input_ids"][0] == [9, 9, 9]  # the pipeline's inputs are left as they were
+
+    t = dataclasses.replace(load_params("finetune.train", TrainParams, Path("params.yaml")), epochs=2, patience=1,
+                            batch_size=4, eval_batch_size=8)  # fmt: skip
+    bp = BaselineParams(C=[1.0], ngram_ranges=[[1, 1]], sublinear_tf=True, max_iter=200)
+    cells = Cells(own, t, {"tiny": r}, bp, {})
+    idx = list(range(0, 28, 2))
+    res = cells.neural("tiny", 0, 1.0, idx)
+    assert len(res["predictions"]) == 28 and 0 <= res["accuracy"] <= 1 and "val_accuracy" in res
+    assert cells.neural("tiny", 0, 1.0, idx)["predictions"] == res["predictions"]  # kept, not refitted
+
+
+def test_a_probe_baseline_embeds_validation_and_test_once_per_study(checkpoint_study):
+    from stages.baseline import BaselineParams, BaselineRunParams
+    from stages.study import Cells
+
+    x, tmp = checkpoint_study
+    bp = BaselineParams(C=[1.0, 10.0], ngram_ranges=[[1, 1]], sublinear_tf=True, max_iter=200)
+    probe = BaselineRunParams(augmented=False, features=str(tmp / "bert"))
+    cells = Cells(x, None, {}, bp, {}, {"probe": probe, "tfidf": BaselineRunParams(augmented=False)})
+    a, b = (
+        cells.baseline(0, list(range(0, 28, 2)), name="probe"),
+        cells.baseline(1, list(range(1, 28, 2)), name="probe"),
+    )
+    assert len(a["predictions"]) == len(b["predictions"]) == 28 and a["chosen"]["C"] in bp.C
+    assert set(cells.embedded) == {(str(tmp / "bert"), "val"), (str(tmp / "bert"), "test")}
+    tfidf = cells.baseline(0, list(range(0, 28, 2)), name="tfidf")
+    assert "ngram_range" in tfidf["chosen"]  # TF-IDF's own search, as before
+
+
+def test_checkpoint_runs_come_from_extra_runs_and_a_local_one_must_be_a_study_dep(tmp_path, monkeypatch):
+    import stages.study as study
+    from stages.common import ParamsError, load_params
+    from stages.study import StudyParams, checkpoint_runs
+
+    p = load_params("study", StudyParams)
+    runs = checkpoint_runs(p)
+    assert set(runs) == {"minilm", "minilm_dapt"} and runs["minilm_dapt"].checkpoint == "models/4_dapt"
+    assert 32 in p.checkpoint_sizes and {"minilm_probe", "setfit"} <= set(p.baselines)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models/4_dapt").mkdir(parents=True)
+    (tmp_path / "params.yaml").write_text((study.Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study/dvc.yaml").write_text(yaml.safe_dump({"stages": {"study": {"deps": ["stages/study.py"]}}}))
+    with pytest.raises(ParamsError, match="minilm_dapt's checkpoint models/4_dapt is not a dependency of the study"):
+        checkpoint_runs(p)
