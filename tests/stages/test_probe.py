@@ -102,3 +102,18 @@ def test_setfit_fine_tunes_the_encoder_seeded_then_fits_the_head_and_reloads(wor
     assert a == b  # seeded: the same pairs, the same steps, the same weights
     test = Dataset.load_from_disk(str(workspace / "task" / "test"))
     assert predict_baseline(out, test) == predict_baseline(tmp_path / "models" / "b", test)
+
+
+def test_evaluates_report_names_each_baselines_choice():
+    from stages.evaluate import report
+
+    def row(method, chosen):
+        return {"init": "none", "method": method, "augmented": False, "accuracy": 0.5, "accuracy_ci95": [0.4, 0.6],
+                "macro_f1": 0.5, "macro_f1_ci95": [0.4, 0.6], "trainable_params": 10, "trainable_share": 1.0,
+                "train_seconds": 1.0, "best_val_accuracy": 0.5, "chosen": chosen}  # fmt: skip
+
+    runs = {"tfidf": row("tfidf_logreg", {"C": 10.0, "ngram_range": [1, 2]}), "minilm_probe": row("probe_logreg",
+            {"C": 1.0})}  # fmt: skip
+    text = report({"runs": runs, "split": "test", "examples": 10, "clusters": 2, "claims": []}, LABELS)
+    assert "- tfidf: C 10, word n-grams 1-2, chosen on validation accuracy (0.5000)" in text
+    assert "- minilm_probe: C 1, chosen on validation accuracy (0.5000)" in text
