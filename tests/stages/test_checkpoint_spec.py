@@ -168,3 +168,19 @@ def test_dapt_blocks_are_the_checkpoints_ids(bare_bert_package, tmp_path):
     blocks = load_from_disk(str(tmp_path / "tok/blocks"))
     ids = {t for b in blocks["train"]["input_ids"] for t in b}
     assert own.sep_token_id in ids and own.cls_token_id not in ids  # documents end in [SEP]; no [CLS] is added
+
+
+def test_minilm_dapt_joins_the_matrix_only_with_its_checkpoint_among_finetunes_deps(tmp_path):
+    from stages.finetune import RunParams, undeclared_checkpoint
+
+    r = load_params("finetune.extra_runs.minilm_dapt", RunParams, ROOT / "params.yaml")
+    assert (r.init, r.checkpoint) == ("checkpoint", "./models/4_dapt")
+    assert r.lr == load_params("finetune.extra_runs.minilm", RunParams, ROOT / "params.yaml").lr  # minilm's tuning
+    assert "./models/4_dapt is not a dependency of the finetune stage" in undeclared_checkpoint(r, ROOT / "dvc.yaml")
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    spec["stages"]["finetune"]["do"]["deps"].append(str(ROOT / "models/4_dapt"))
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec))
+    assert (
+        undeclared_checkpoint(dataclasses.replace(r, checkpoint=str(ROOT / "models/4_dapt")), tmp_path / "dvc.yaml")
+        is None
+    )

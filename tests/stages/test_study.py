@@ -226,12 +226,12 @@ def test_checkpoint_runs_come_from_extra_runs_and_a_local_one_must_be_a_study_de
 
     p = load_params("study", StudyParams)
     runs = checkpoint_runs(p)
-    assert set(runs) == {"minilm", "minilm_dapt"} and runs["minilm_dapt"].checkpoint == "models/4_dapt"
+    assert set(runs) == {"minilm", "minilm_dapt"} and runs["minilm_dapt"].checkpoint == "./models/4_dapt"
     assert 32 in p.checkpoint_sizes and {"minilm_probe", "setfit"} <= set(p.baselines)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models/4_dapt").mkdir(parents=True)
     (tmp_path / "params.yaml").write_text((study.Path(__file__).resolve().parents[2] / "params.yaml").read_text())
     (tmp_path / "study").mkdir()
     (tmp_path / "study/dvc.yaml").write_text(yaml.safe_dump({"stages": {"study": {"deps": ["stages/study.py"]}}}))
-    with pytest.raises(ParamsError, match="minilm_dapt's checkpoint models/4_dapt is not a dependency of the study"):
+    with pytest.raises(ParamsError, match="minilm_dapt's checkpoint ./models/4_dapt is not a dependency of the study"):
         checkpoint_runs(p)
