@@ -118,7 +118,7 @@ def test_study_runs_as_its_own_dvc_target_and_reports_every_cell(tiny_project, t
     shutil.copytree(tiny_project, project, symlinks=True)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["study"].update(draws={2: 2, 8: 2}, augmented_sizes=[2], augmented_runs=["full", "tfidf"],
-                           forgetting_lr_scales=[1.0, 0.1], forgetting_draws=1)  # fmt: skip
+                           forgetting_lr_scales=[1.0, 0.1], forgetting_draws=1, checkpoint_sizes=[8])  # fmt: skip
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "study" not in run(["dvc", "repro"], project).stdout  # the main pipeline does not run it
     assert not (project / "metrics/study.json").exists()
@@ -126,10 +126,13 @@ def test_study_runs_as_its_own_dvc_target_and_reports_every_cell(tiny_project, t
     run(["dvc", "repro", "study/dvc.yaml"], project)
     s = json.loads((project / "metrics/study.json").read_text())
     assert s["default_size"] == 8 and s["sizes"] == [2, 8] and s["draws"] == {"2": 2, "8": 2}
-    for name in ("scratch", "full", "lora", "tfidf"):
+    for name in ("scratch", "full", "lora", "tfidf", "minilm_probe"):
         for size in ("2", "8"):
             c = s["data_efficiency"][name][size]
             assert len(c["values"]) == 2 and c["accuracy_ci95"][0] <= c["accuracy"] <= c["accuracy_ci95"][1]
+    for name in ("minilm", "minilm_dapt", "setfit"):  # checkpoint runs and SetFit: at checkpoint_sizes only
+        assert set(s["data_efficiency"][name]) == {"8"} and len(s["data_efficiency"][name]["8"]["values"]) == 2
+    assert (project / "models/4_dapt/config.json").exists()  # study/dvc.yaml's dapt ran first
     assert set(s["augmentation"]) == {"full", "tfidf"} and set(s["augmentation"]["full"]) == {"2"}
     assert s["augmentation"]["full"]["2"]["paraphrases"] > 0 and "ci95" in s["augmentation"]["full"]["2"]["gain"]
     assert {c["verdict"] for c in s["claims"]} <= {"holds", "does not hold", "not resolved"}
