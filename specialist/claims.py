@@ -7,11 +7,19 @@ not resolved where the interval straddles it. Whether the interval is clear of 0
 
     verdict(Claim("c", "full", "scratch", 10), [2.1, 7.9]) -> "does not hold"
     verdict(Claim("c", "lora", "full", 2, "within"), [-3.0, 1.0]) -> "not resolved"
+
+"a is not below b" and "a reaches b" are at_least claims with threshold 0: they hold where the whole interval lies
+above 0 (a shown better), do not hold where it lies below 0 (a shown worse), and are not resolved where it straddles
+0 (neither shown: the data do not put a below b, nor above it).
+
+Baselines (init none) are told apart by their method: TF-IDF (tfidf_logreg, or no method given), a probe of a
+sentence encoder's frozen embeddings (probe_logreg) and SetFit (setfit_logreg).
 """
 
 from dataclasses import dataclass
 
 HOLDS, FAILS, OPEN = "holds", "does not hold", "not resolved"
+TFIDF, PROBE, SETFIT = "tfidf_logreg", "probe_logreg", "setfit_logreg"  # a baseline's method (stages.baseline)
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,8 @@ def sign(ci: list[float]) -> str:
 
 def applicable(runs: dict[str, dict]) -> list[Claim]:
     """The claims the present runs can test. `runs` maps a run name to its "init" (scratch, pretrained, checkpoint,
-    none: a baseline) and "augmented"; a run named like another plus `_bt` is that run with back-translation."""
+    none: a baseline), "augmented", and optionally "method" (a baseline's kind) and "best_val_accuracy" (which own
+    run is the pipeline's best); a run named like another plus `_bt` is that run with back-translation."""
     out = []
     if {"full", "scratch"} <= set(runs):
         out.append(Claim("Pre-training then fine-tuning beats training from scratch by >= 10 points", "full",
@@ -51,7 +60,7 @@ def applicable(runs: dict[str, dict]) -> list[Claim]:
     if {"lora", "full"} <= set(runs):
         out.append(Claim("LoRA comes within 2 points of full fine-tuning", "lora", "full", 2, "within"))
     for base, b in runs.items():  # each pre-trained run against the classical baseline with the same augmentation
-        if b["init"] != "none":
+        if b["init"] != "none" or b.get("method", TFIDF) != TFIDF:
             continue
         for name, r in runs.items():
             if r["init"] in ("pretrained", "checkpoint") and r["augmented"] == b["augmented"]:
@@ -61,7 +70,30 @@ def applicable(runs: dict[str, dict]) -> list[Claim]:
             out.append(Claim(f"Back-translation adds >= 2 points ({name} vs {name[:-3]})", name, name[:-3], 2))
     if {"minilm_dapt", "minilm"} <= set(runs):
         out.append(Claim("Domain-adaptive pre-training helps the real checkpoint", "minilm_dapt", "minilm", 0))
+    if {"minilm_dapt", "tfidf"} <= set(runs):
+        out.append(Claim("Domain-adapted MiniLM beats TF-IDF by >= 5 points", "minilm_dapt", "tfidf", 5))
+    if {"minilm_dapt", "minilm_probe"} <= set(runs):
+        out.append(
+            Claim("Domain-adapted MiniLM is not below the frozen-MiniLM probe", "minilm_dapt", "minilm_probe", 0)
+        )
+    bars = [name for name, r in runs.items() if r["init"] == "none" and r.get("method") in (PROBE, SETFIT)]
+    for own in best_own(runs) if bars else []:
+        for bar in bars:
+            out.append(Claim(f"The pipeline's own pre-training reaches the modern few-label bar ({own} vs {bar})", own,
+                             bar, 0))  # fmt: skip
     return out
+
+
+def best_own(runs: dict[str, dict]) -> list[str]:
+    """The pipeline's best run on its own pre-training (init pretrained): the one of highest "best_val_accuracy" where
+    every such run has one (chosen on validation, never on test), else all of them.
+
+    {"full": {"init": "pretrained", "best_val_accuracy": 0.4}, "lora": {..., 0.42}} -> ["lora"]
+    """
+    own = {name: r for name, r in runs.items() if r["init"] == "pretrained"}
+    if own and all("best_val_accuracy" in r for r in own.values()):
+        return [max(own, key=lambda name: own[name]["best_val_accuracy"])]  # the first of equals
+    return list(own)
 
 
 def line(claim: Claim, gap: dict, where: str = "") -> str:

@@ -1,10 +1,13 @@
-"""baseline: a classical bar for the fine-tuning runs, TF-IDF + logistic regression on exactly the same labels.
+"""baseline: the bars for the fine-tuning runs, logistic regression on exactly the same labels, over TF-IDF n-grams
+(the classical bar) or a sentence encoder's frozen embeddings (the modern few-label bar: a probe, or SetFit).
 
 Reads  data/1_ingest/task (text, label; splits train and validation)
        data/6_augment (back-translated paraphrases, used when the run has `augmented: true`)
-Writes models/7_baseline/<run>   model.safetensors (idf, coef, intercept, classes), vocabulary.json (the n-grams,
-                                 in column order), baseline.json (vectorizer settings, chosen C, labels),
-                                 top_features.json (the heaviest n-grams per genre), meta.json (the validation
+       a run's `features:` checkpoint (a sentence encoder: package:<pkg>/<dir>, a local folder or a hub name)
+Writes models/7_baseline/<run>   model.safetensors (coef, intercept, classes; TF-IDF's idf), baseline.json (the
+                                 features, chosen C, labels); TF-IDF: vocabulary.json (the n-grams, in column
+                                 order) and top_features.json (the heaviest n-grams per genre); SetFit: encoder/
+                                 (the contrastively fine-tuned body, save_pretrained); meta.json (the validation
                                  search, trainable parameters); no pickle anywhere
        metrics/baseline/<run>.json   the chosen hyperparameters, counts, train seconds and peak memory
 
@@ -16,6 +19,12 @@ paraphrases for an augmented run, as finetune does) and scored on validation; th
 in grid order on a tie. The test split is never read here: `evaluate` scores the saved model on it, beside the
 fine-tuning runs. A labeled-set size knob (data efficiency) would be a field of the run, applied in
 `training_set` by drawing from the task's pool split.
+
+`features:` a checkpoint instead of `tfidf`: each verse becomes the encoder's sentence embedding as
+sentence-transformers computes it for all-MiniLM-L6-v2 (token states averaged over the attention mask, then
+L2-normalised), and only C is searched (`minilm_probe`: the encoder frozen, seconds on a CPU). With a `setfit:`
+section the encoder is first fine-tuned contrastively on pairs of the labeled verses (same genre or not) by the
+`setfit` package, seeded; then the same embeddings and C search (`setfit`).
 """
 
 import json
@@ -54,8 +63,38 @@ class BaselineParams:  # baseline.train: shared by every run
 
 
 @dataclass(frozen=True)
+class SetFitParams:  # baseline.runs.<run>.setfit: the encoder fine-tuned contrastively first (setfit's knobs)
+    num_iterations: int  # pairs drawn per labeled verse and epoch (a positive and a negative each): the main cost
+    epochs: int
+    batch_size: int
+    body_lr: float  # the encoder's learning rate (setfit's body_learning_rate)
+    seed: int
+    max_length: int  # tokens per verse
+
+    def validate(self):
+        for name in ("num_iterations", "epochs", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                yield f"{name}: must be >= 1, got {getattr(self, name)}"
+        if self.body_lr <= 0:
+            yield f"body_lr: must be > 0, got {self.body_lr}"
+
+
+@dataclass(frozen=True)
 class BaselineRunParams:  # baseline.runs.<run>
     augmented: bool  # add the back-translated paraphrases (data/6_augment) to the training set
+    features: str = "tfidf"  # tfidf | a sentence encoder (checkpoint spec): its mean-pooled, normalised embeddings
+    setfit: SetFitParams | None = None  # features a checkpoint: fine-tune the encoder contrastively first
+
+    def validate(self):
+        if self.setfit is not None and self.features == "tfidf":
+            yield "setfit: fine-tunes a sentence encoder; set features: to its checkpoint (e.g. package:<pkg>/<dir>)"
+
+
+def recorded(r: BaselineRunParams) -> dict:
+    """r as meta.json records it: a TF-IDF run leaves out the encoder keys, so its artifact stays byte-identical to
+    the one written before they existed."""
+    params = asdict(r)
+    return {k: v for k, v in params.items() if k == "augmented" or r.features != "tfidf"}
 
 
 def training_set(train, augment, augmented: bool) -> tuple[list[str], list[int]]:
@@ -137,7 +176,8 @@ def save_baseline(pipe, path: Path, labels: list[str]) -> None:
 
 
 def load_baseline(path: Path):
-    """A saved run, ready to predict (`.predict(texts)` -> label ids): the inverse of save_baseline."""
+    """A saved run, ready to predict (`.predict(texts)` -> label ids): the inverse of save_baseline (TF-IDF) or of
+    save_probe (an encoder's embeddings)."""
     from safetensors.numpy import load_file
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -145,6 +185,11 @@ def load_baseline(path: Path):
 
     info = json.loads((path / "baseline.json").read_text())
     arrays = load_file(str(path / "model.safetensors"))
+    if "features" in info:  # an encoder's embeddings; a TF-IDF baseline.json has no such key
+        lr = LogisticRegression(C=info["C"])
+        lr.coef_, lr.intercept_, lr.classes_ = arrays["coef"], arrays["intercept"], arrays["classes"]
+        encoder = str(path / "encoder") if info["features"] == ENCODER_DIR else info["features"]
+        return Probe(encoder, lr, info["max_length"])
     vocabulary = json.loads((path / "vocabulary.json").read_text())
     vec = TfidfVectorizer(
         ngram_range=tuple(info["ngram_range"]), sublinear_tf=info["sublinear_tf"], vocabulary=vocabulary
@@ -153,6 +198,106 @@ def load_baseline(path: Path):
     lr = LogisticRegression(C=info["C"])
     lr.coef_, lr.intercept_, lr.classes_ = arrays["coef"], arrays["intercept"], arrays["classes"]
     return make_pipeline(vec, lr)
+
+
+ENCODER_DIR = "encoder"  # a SetFit run's fine-tuned encoder, inside its folder
+
+
+def embed(encoder: str, texts: list[str], max_length: int, batch_size: int = 128):
+    """(N, H) float32 sentence embeddings of `texts` by the encoder at `encoder` (a checkpoint spec): the token states
+    averaged over the attention mask, L2-normalised, as sentence-transformers' Pooling(mean) + Normalize compute them.
+    Batches hold texts of similar length (sorted); the rows come back in the texts' order."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from stages.training import from_checkpoint
+
+    tok = from_checkpoint(AutoTokenizer.from_pretrained, encoder, "features", marker=None)
+    model = from_checkpoint(AutoModel.from_pretrained, encoder, "features").eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt")  # fmt: skip
+            h = model(**batch).last_hidden_state  # (B, T, H)
+            mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+            pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, H)
+            out[idx] = torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
+    return out
+
+
+class Probe:
+    """A sentence encoder's embeddings + logistic regression; `.predict(texts)` -> label ids, as a TF-IDF pipeline."""
+
+    def __init__(self, encoder: str, lr, max_length: int):
+        self.encoder, self.lr, self.max_length = encoder, lr, max_length
+
+    def predict(self, texts: list[str]):
+        return self.lr.predict(embed(self.encoder, list(texts), self.max_length))
+
+
+def search_c(train, val, p: BaselineParams):
+    """Logistic regression on features: every C of the grid fit on `train` (X, y), scored on `val`; returns (the most
+    accurate, its row, the table), the first of equals winning, as `search`."""
+    from sklearn.linear_model import LogisticRegression
+
+    best, best_row, table = None, None, []
+    for C in p.C:
+        lr = LogisticRegression(C=C, max_iter=p.max_iter, solver="lbfgs").fit(*train)
+        acc = accuracy(lr.predict(val[0]).tolist(), val[1])
+        table.append({"C": C, "val_accuracy": acc})
+        print(f"C {C:<8g} val acc {acc:.4f}", flush=True)
+        if best_row is None or acc > best_row["val_accuracy"]:
+            best, best_row = lr, table[-1]
+    return best, best_row, table
+
+
+def setfit_encoder(encoder: str, train: tuple[list, list], s: SetFitParams, out: Path) -> str:
+    """The encoder fine-tuned contrastively on pairs of `train`'s texts (setfit's Trainer: CosineSimilarityLoss on
+    same-label and different-label pairs), saved with save_pretrained (body and tokenizer) to `out`; returns `out`.
+    setfit also fits its own head, which is discarded: the caller's C search fits the one kept."""
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    from stages.training import checkpoint_source
+
+    model = SetFitModel.from_pretrained(checkpoint_source(encoder, "features"))
+    args = TrainingArguments(batch_size=s.batch_size, num_epochs=s.epochs, num_iterations=s.num_iterations,
+                             body_learning_rate=s.body_lr, seed=s.seed, max_length=s.max_length,
+                             report_to="none", show_progress_bar=False)  # fmt: skip
+    Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": train[0], "label": train[1]})).train()
+    transformer = model.model_body[0]  # sentence-transformers' Transformer module: the HF body and its tokenizer
+    transformer.auto_model.save_pretrained(out)
+    transformer.tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def fit_encoder(r: BaselineRunParams, train, val, p: BaselineParams, work: Path):
+    """(Probe, chosen row, table) of an encoder run: SetFit's fine-tuning into `work` first when r.setfit."""
+    max_length = r.setfit.max_length if r.setfit else MAX_LENGTH
+    encoder = setfit_encoder(r.features, train, r.setfit, work) if r.setfit else r.features
+    train_x, val_x = embed(encoder, train[0], max_length), embed(encoder, val[0], max_length)
+    lr, best, table = search_c((train_x, train[1]), (val_x, val[1]), p)
+    return Probe(encoder, lr, max_length), best, table
+
+
+def save_probe(probe: Probe, path: Path, labels: list[str], features: str) -> None:
+    """The head as safetensors and its settings as JSON (no pickle); `features` is the encoder's checkpoint spec, or
+    ENCODER_DIR for a fine-tuned encoder saved beside it."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    lr = probe.lr
+    arrays = {"coef": lr.coef_, "intercept": lr.intercept_, "classes": lr.classes_.astype("int64")}
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path / "model.safetensors"))
+    info = {"features": features, "pooling": "mean, L2-normalised", "max_length": probe.max_length, "C": lr.C}
+    write_json({**info, "labels": labels, "num_labels": len(labels)}, path / "baseline.json")
+
+
+MAX_LENGTH = 256  # tokens per verse for a frozen encoder (all-MiniLM-L6-v2's max_seq_length); verses have < 130
 
 
 def run(name: str, p: BaselineParams, r: BaselineRunParams, task_dir: Path = TASK, augment_dir: Path = AUGMENT,
@@ -166,25 +311,43 @@ def run(name: str, p: BaselineParams, r: BaselineRunParams, task_dir: Path = TAS
     val_set = (list(task["validation"]["text"]), list(task["validation"]["label"]))
 
     start = time.perf_counter()
-    pipe, best, table = search(train_set, val_set, p)  # the whole search is the training: it picks the model
-    seconds = time.perf_counter() - start
-    trainable = count_params(pipe)
-    info = {
-        "run": name, "init": "none", "method": "tfidf_logreg", "augmented": r.augmented,
-        "train_examples": len(train_set[0]), "vocabulary_size": len(pipe[0].vocabulary_),
-        "trainable_params": trainable, "total_params": trainable, "trainable_share": 1.0,
-        "train_seconds": round(seconds, 1),
-        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "chosen": {"C": best["C"], "ngram_range": best["ngram_range"]},
-        "best_val_accuracy": best["val_accuracy"], "search": table,
-    }  # fmt: skip
     with atomic_dir(out / name) as tmp:
-        save_baseline(pipe, tmp, labels)
-        write_json(top_features(pipe, labels, TOP_FEATURES), tmp / "top_features.json")
-        write_json(meta({"train": asdict(p), "run": asdict(r)}, **info), tmp / "meta.json")
+        if r.features == "tfidf":  # the whole search is the training: it picks the model
+            pipe, best, table = search(train_set, val_set, p)
+            seconds, trainable, total = time.perf_counter() - start, count_params(pipe), count_params(pipe)
+            kind = {"method": "tfidf_logreg", "vocabulary_size": len(pipe[0].vocabulary_)}
+            chosen = {"C": best["C"], "ngram_range": best["ngram_range"]}
+            save_baseline(pipe, tmp, labels)
+            write_json(top_features(pipe, labels, TOP_FEATURES), tmp / "top_features.json")
+        else:  # a probe of the encoder's embeddings, or SetFit: the encoder fine-tuned into tmp/encoder first
+            probe, best, table = fit_encoder(r, train_set, val_set, p, tmp / ENCODER_DIR)
+            seconds, head = time.perf_counter() - start, int(probe.lr.coef_.size + probe.lr.intercept_.size)
+            encoder = encoder_params(probe.encoder)
+            trainable, total = head + (encoder if r.setfit else 0), head + encoder
+            kind = {"method": "setfit_logreg" if r.setfit else "probe_logreg", "features": r.features}
+            chosen = {"C": best["C"]}
+            save_probe(probe, tmp, labels, ENCODER_DIR if r.setfit else r.features)
+        info = {
+            "run": name, "init": "none", "method": kind.pop("method"), "augmented": r.augmented,
+            "train_examples": len(train_set[0]), **kind,
+            "trainable_params": trainable, "total_params": total, "trainable_share": round(trainable / total, 5),
+            "train_seconds": round(seconds, 1),
+            "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "chosen": chosen, "best_val_accuracy": best["val_accuracy"], "search": table,
+        }  # fmt: skip
+        write_json(meta({"train": asdict(p), "run": recorded(r)}, **info), tmp / "meta.json")
     summary = {k: v for k, v in info.items() if k != "search"}
     write_json(summary, metrics_dir / f"{name}.json")  # with the measurements meta.json leaves out
     return summary
+
+
+def encoder_params(encoder: str) -> int:
+    """The encoder's parameter count (its body as AutoModel loads it)."""
+    from transformers import AutoModel
+
+    from stages.training import from_checkpoint
+
+    return sum(t.numel() for t in from_checkpoint(AutoModel.from_pretrained, encoder, "features").parameters())
 
 
 def main() -> None:

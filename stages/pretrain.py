@@ -1,19 +1,25 @@
 """pretrain: a small transformer trained self-supervised on the packed corpus: causal LM (GPT-2) or masked LM (BERT).
 
 Reads  data/3_tokenize/blocks (train/validation input_ids of block_size), data/3_tokenize/tokenizer;
-       pretrain.init's checkpoint (a save_pretrained folder or a hub name) when it is not `scratch`
+       pretrain.init's checkpoint when it is not `scratch`: a save_pretrained folder, a hub name or
+       package:<python_package>/<subdir> (finetune's specs, resolved by stages.training.checkpoint_source)
 Writes models/4_pretrain          the model (save_pretrained, safetensors) + its tokenizer + meta.json
        metrics/pretrain.json      validation loss and perplexity on all held-out blocks, throughput
        metrics/pretrain_live/     dvclive: train loss by step, validation loss by eval step (`dvc plots show`)
 
     python -m stages.pretrain                                        # one process (a GPU if there is one)
     torchrun --nproc_per_node=2 -m stages.pretrain                   # DDP: gloo on CPUs, nccl on GPUs
+    python -m stages.pretrain --params dapt --blocks data/3_tokenize_dapt/blocks \
+        --tokenizer data/3_tokenize_dapt/tokenizer --out models/4_dapt --metrics metrics/dapt.json \
+        --live metrics/dapt_live --dvc-file study/dvc.yaml          # another section and paths (--help)
 
 Objectives (`objective`): causal predicts every next token; masked (BERT's recipe) picks `mlm_probability` of the
 tokens (never a special one), puts [MASK] in 80% of them, a random token in 10%, leaves 10%, and predicts the
 originals; its perplexity is exp(loss on the masked tokens), a pseudo-perplexity not comparable with a causal one.
-`init: scratch` builds the model from n_layer/n_embd/n_head; a checkpoint (folder or hub name) continues its weights
-and architecture, and its tokenizer must be tokenize's (`tokenize.tokenizer:` the same checkpoint; checked here).
+`init: scratch` builds the model from n_layer/n_embd/n_head; a checkpoint continues its weights and architecture, and
+its tokenizer must be tokenize's (`tokenize.tokenizer:` the same checkpoint; checked here). A bare body without an LM
+head (a BertModel sentence encoder such as all-MiniLM-L6-v2) gets the objective's head newly initialised, its
+decoder tied to the word embeddings (load_model prints the new tensors).
 
 The loop is written out: AdamW (no decay on biases and norms), linear warmup then cosine decay, gradient clipping
 and accumulation, periodic validation. The batches and their masks are a function of seed and step (the data
@@ -282,7 +288,13 @@ def build_model(p: PretrainParams, tokenizer, block_size: int):
 
 
 def load_model(p: PretrainParams, tokenizer, block_size: int):
-    """The model to train: built from scratch, or p.init's checkpoint, checked against tokenize's tokenizer."""
+    """The model to train: built from scratch, or p.init's checkpoint (any spec finetune takes: a folder, a hub name,
+    package:<python_package>/<subdir>), checked against tokenize's tokenizer.
+
+    A bare body (BertModel, GPT2Model: no LM head, as sentence encoders ship) gets the objective's head: its body
+    weights load into AutoModelForMaskedLM (or ...CausalLM), the head newly initialised with its decoder tied to the
+    word embeddings, so only the head's transform and bias start fresh; the new tensors are printed and recorded.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     if p.init == "scratch":
@@ -291,11 +303,17 @@ def load_model(p: PretrainParams, tokenizer, block_size: int):
     fits = any(
         k in heads for k in (("MaskedLM", "PreTraining") if p.objective == "masked" else ("LMHead", "CausalLM"))
     )
-    if heads and not fits:  # e.g. a BERT MLM loaded as a causal LM would attend to the tokens it is to predict
+    bare = bool(heads) and all(a.endswith("Model") and "LMHead" not in a for a in heads.split())
+    if heads and not fits and not bare:  # e.g. a BERT MLM loaded as a causal LM would attend to the tokens it predicts
         raise ParamsError(f"pretrain.objective: {p.objective} does not fit {p.init}, a {heads}; set the objective it "
                           f"was pre-trained with")  # fmt: skip
     auto = AutoModelForCausalLM if p.objective == "causal" else AutoModelForMaskedLM
-    model = from_checkpoint(auto.from_pretrained, p.init, "pretrain.init")
+    load = lambda source: auto.from_pretrained(source, output_loading_info=True)
+    model, loading = from_checkpoint(load, p.init, "pretrain.init")
+    if new := sorted(loading["missing_keys"]):  # a bare body's head (tied weights are not missing)
+        tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        print(f"pretrain.init: {p.init} is a {heads} without a {p.objective} LM head; newly initialised: "
+              f"{', '.join(new)}; decoder {'tied to' if tied else 'NOT tied to'} the word embeddings")  # fmt: skip
     own = from_checkpoint(AutoTokenizer.from_pretrained, p.init, "pretrain.init")
     if own.get_vocab() != tokenizer.get_vocab():
         raise ParamsError(f"pretrain.init: {p.init}'s tokenizer differs from data/3_tokenize's; set tokenize."
@@ -473,15 +491,35 @@ def run(
     return metrics
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None):
+    """The params section and the paths: the defaults are the pipeline's `pretrain` stage; another stage of the same
+    recipe (study/dvc.yaml's `dapt`: continued pre-training of a checkpoint) names its own section and paths."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m stages.pretrain", description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--params", default="pretrain", help="params.yaml section, also the stage's name (default: %(default)s)"
+    )
+    ap.add_argument("--blocks", type=Path, default=BLOCKS, help="tokenize's blocks (default: %(default)s)")
+    ap.add_argument("--tokenizer", type=Path, default=TOKENIZER, help="tokenize's tokenizer (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=OUT, help="the model folder written (default: %(default)s)")
+    ap.add_argument("--metrics", type=Path, default=METRICS, help="metrics JSON written (default: %(default)s)")
+    ap.add_argument("--live", type=Path, default=LIVE, help="dvclive folder written (default: %(default)s)")
+    ap.add_argument("--dvc-file", type=Path, default=Path("dvc.yaml"), help="holds the stage (default: %(default)s)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
     import torch.distributed as dist
 
-    p = load_params("pretrain", PretrainParams)
-    if p.init != "scratch" and Path(p.init).expanduser().exists() and not covered_by_deps(p.init, "pretrain"):
-        fail(f"pretrain.init: the local checkpoint {p.init} is not a dependency of the pretrain stage; add it (or a "
-             "folder above it) to the stage's deps in dvc.yaml, so DVC reruns pretrain when it changes")  # fmt: skip
+    a = parse_args(argv)
+    p = load_params(a.params, PretrainParams)
+    local = p.init != "scratch" and Path(p.init).expanduser().exists()
+    if local and not covered_by_deps(p.init, a.params, a.dvc_file):
+        fail(f"{a.params}.init: the local checkpoint {p.init} is not a dependency of the {a.params} stage; add it "
+             f"(or a folder above it) to its deps in {a.dvc_file}, so DVC reruns it when it changes")  # fmt: skip
     try:
-        metrics = run(p)
+        metrics = run(p, a.blocks, a.tokenizer, a.out, a.metrics, a.live, CHECKPOINTS / a.params)
     except ParamsError as e:
         fail(str(e))
     finally:

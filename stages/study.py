@@ -19,6 +19,13 @@ seeded by d, and seeds training with d; the draws are nested (draw d's 8 verses 
 the validation perplexity of the pre-training objective of its fine-tuned body. Early stopping and the baselines'
 choices see the validation split only; the test split is only scored. Intervals resample test chapters and draws
 (specialist.scoring); claims are decided by them (specialist.claims), as in evaluate.
+
+Checkpoints of one's own (`study.checkpoint_runs`, init checkpoint: MiniLM, its DAPT) train only at
+`study.checkpoint_sizes`, on the same draws: their own tokenizer re-encodes the pool, validation and test texts
+(finetune.retokenize), their own `lr` is the rate, and `study.checkpoint_train` overrides finetune.train for them (a
+leaner early stopping). Baselines over a sentence encoder sit in `study.baselines` beside tfidf: the probe at every
+size, SetFit (which fine-tunes the encoder) at checkpoint_sizes only. A run or baseline is looked up in
+finetune.runs / baseline.runs, then in their extra_runs.
 """
 
 import gzip
@@ -27,14 +34,14 @@ import math
 import shutil
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from specialist.claims import Claim, applicable, line, verdict
 from specialist.scoring import Bootstrap
-from stages.common import ParamsError, fail, load_params, seed_everything, write_json, write_text
+from stages.common import ParamsError, fail, from_dict, load_params, seed_everything, write_json, write_text
 
 TASK = Path("data/3_tokenize/task")
 BLOCKS = Path("data/3_tokenize/blocks")
@@ -46,6 +53,7 @@ METRICS = Path("metrics/study.json")
 REPORT = Path("reports/study.md")
 PLOTS = Path("reports/study")
 PREDICTIONS = Path("data/8_study/predictions.jsonl.gz")
+STUDY_DVC = Path("study/dvc.yaml")
 CHECKPOINTS = Path("checkpoints/study")  # finished cells (<key>.json) and the running one's epochs: a killed study
 # resumes where it was; removed when the study has written its results
 
@@ -61,8 +69,15 @@ class StudyParams:
     forgetting_lr_scales: list[float]  # its learning rate, as a multiple of pre-training's
     forgetting_draws: int  # draws of the default size it is trained on at each rate
     workers: int = 1  # processes fitting cells at once, each with cores / workers torch threads
+    checkpoint_runs: list[str] = field(default_factory=list)  # init checkpoint runs, trained at checkpoint_sizes
+    checkpoint_sizes: list[int] = field(default_factory=list)  # ... only (they, and SetFit, take minutes per cell)
+    checkpoint_train: dict = field(default_factory=dict)  # finetune.train keys overridden for checkpoint runs
 
     def validate(self):
+        if unknown := [n for n in self.checkpoint_sizes if n not in self.draws]:
+            yield f"checkpoint_sizes: {unknown} are not sizes of study.draws"
+        if both := sorted(set(self.runs) & set(self.checkpoint_runs)):
+            yield f"checkpoint_runs: {both} are in study.runs too; a checkpoint run belongs in checkpoint_runs only"
         if not self.draws or min(self.draws) < 1 or min(self.draws.values()) < 1:
             yield f"draws: {{verses per class: draws}}, each >= 1, got {self.draws}"
         if unknown := [r for r in self.augmented_runs if r not in [*self.runs, *self.baselines]]:
@@ -117,12 +132,19 @@ def gap(cells: dict, a: tuple, b: tuple, refs: list[int], boot: Bootstrap) -> di
     return boot.gap([r["predictions"] for r in cells[a][:k]], [r["predictions"] for r in cells[b][:k]], refs)
 
 
+def val_accuracy(results: list[dict]) -> dict:
+    """{"best_val_accuracy": mean over draws} of a cell whose every draw recorded its validation accuracy (a neural
+    run's best epoch, a baseline's chosen grid point), else {}: what claims pick "the best run" by."""
+    accs = [r.get("val_accuracy", r.get("chosen", {}).get("val_accuracy")) for r in results]
+    return {"best_val_accuracy": statistics.fmean(accs)} if accs and None not in accs else {}
+
+
 def size_claims(cells: dict, info: dict, sizes: list[int], refs: list[int], boot: Bootstrap) -> list[dict]:
     """Each applicable claim (specialist.claims) at each size, then data efficiency: full with n labels per class
     against scratch with 8n (where 8n was measured)."""
     out = []
     for n in sizes:
-        present = {r: info[r] for r in info if (r, n) in cells}
+        present = {r: {**info[r], **val_accuracy(cells[(r, n)])} for r in info if (r, n) in cells}
         for c in applicable(present):
             g = gap(cells, (c.a, n), (c.b, n), refs, boot)
             out.append({"size": n, "claim": c.text, "a": c.a, "b": c.b, "threshold": c.threshold, "kind": c.kind,
@@ -259,6 +281,7 @@ def fit_neural(run, t, lr: float, train_set, val_set, test_set, pad_id: int, n_l
     remove_checkpoint(CHECKPOINTS / "train" / fp)
     out = {"predictions": predict(model, test_set[0], pad_id, t.eval_batch_size)}
     out["best_epoch"] = max(curve, key=lambda c: c["val_accuracy"])["epoch"]
+    out["val_accuracy"] = max(c["val_accuracy"] for c in curve)  # the claims pick the best run on it, never on test
     if blocks is not None:
         out["perplexity"] = perplexity(model.cpu().body, PRETRAINED, blocks)
     return out
@@ -269,6 +292,59 @@ def fit_baseline(bp, train_set, val_set, test_set) -> dict:
 
     pipe, chosen, _ = search(train_set, val_set, bp)
     return {"predictions": pipe.predict(test_set[0]).tolist(), "chosen": chosen}
+
+
+def section(kind: str, name: str, cls):
+    """finetune.runs.<name> (or baseline.runs.<name>), else the same key of extra_runs: the study may train runs that
+    stay out of `dvc repro`'s matrix (minilm, setfit)."""
+    try:
+        return load_params(f"{kind}.runs.{name}", cls)
+    except ParamsError as e:
+        try:
+            return load_params(f"{kind}.extra_runs.{name}", cls)
+        except ParamsError:
+            raise e from None
+
+
+def checkpoint_inputs(x: "Inputs", run) -> "Inputs":
+    """The study's inputs as a checkpoint run sees them: the pool, validation and test texts re-encoded by the
+    checkpoint's own tokenizer (finetune.retokenize: its special tokens, truncated at its positions), its pad id, and
+    its own learning rate as the rate that lr_scale 1 gives; the fingerprint covers the checkpoint."""
+    from datasets import load_from_disk
+    from transformers import AutoConfig
+
+    from stages.finetune import checkpoint_tokenizer, retokenize
+    from stages.training import checkpoint_identity, checkpoint_source, from_checkpoint
+
+    source = checkpoint_source(run.checkpoint)
+    config = from_checkpoint(AutoConfig.from_pretrained, run.checkpoint)
+    tokenizer = checkpoint_tokenizer(source)
+    limit = min(config.max_position_embeddings, tokenizer.model_max_length)
+    task, _ = retokenize(load_from_disk(str(TASK)), tokenizer, limit, ("pool", "validation", "test"))
+    ids = {name: list(task[name]["input_ids"]) for name in ("pool", "validation", "test")}
+    return replace(x, pool={**x.pool, "input_ids": ids["pool"]}, val={**x.val, "input_ids": ids["validation"]},
+                   test={**x.test, "input_ids": ids["test"]}, pad_id=tokenizer.pad_token_id, base_lr=run.lr,
+                   fingerprint=x.fingerprint + checkpoint_identity(run.checkpoint, source, config))  # fmt: skip
+
+
+def fit_encoder_baseline(r, bp, seed: int, train_set, val_set, test_set, embedded: dict) -> dict:
+    """A baseline over a sentence encoder (stages.baseline): the probe (frozen encoder; validation and test embedded
+    once per study, in `embedded`) or SetFit (the encoder fine-tuned on the draw, seeded by it, in a temp folder)."""
+    import tempfile
+
+    from stages.baseline import MAX_LENGTH, embed, fit_encoder, search_c
+
+    if r.setfit:
+        with tempfile.TemporaryDirectory(prefix="study-setfit-") as tmp:
+            r = replace(r, setfit=replace(r.setfit, seed=seed))
+            probe, chosen, _ = fit_encoder(r, train_set, val_set, bp, Path(tmp) / "encoder")
+            return {"predictions": probe.predict(test_set[0]).tolist(), "chosen": chosen}
+    for split, texts in (("val", val_set[0]), ("test", test_set[0])):
+        if (r.features, split) not in embedded:
+            embedded[(r.features, split)] = embed(r.features, list(texts), MAX_LENGTH)
+    train_x = embed(r.features, train_set[0], MAX_LENGTH)
+    lr, chosen, _ = search_c((train_x, train_set[1]), (embedded[(r.features, "val")], val_set[1]), bp)
+    return {"predictions": lr.predict(embedded[(r.features, "test")]).tolist(), "chosen": chosen}
 
 
 def columns(ds, *names) -> list[list]:
@@ -318,6 +394,7 @@ class Cell:
     lr_scale: float | None = None  # a fine-tuning run's rate, x pre-training's
     augmented: bool = False  # plus the draw's paraphrases (cell name <run>_bt)
     perplexity: bool = False  # also measure the fine-tuned body's pre-training perplexity
+    main: bool = True  # a cell of the tables; False: only the forgetting sweep's other rates
 
     @property
     def name(self) -> str:
@@ -328,41 +405,61 @@ _WORKER: dict = {}  # a worker process's inputs, loaded once by init_worker
 
 
 def init_worker(threads: int, params: dict, paraphrases: dict) -> None:
-    """A worker's state: the inputs, the params (t0, runs, bp), the paraphrases; `threads` torch threads."""
+    """A worker's state: the inputs, the params (t0, t_own, runs, bp, baselines), the paraphrases; `threads` torch
+    threads. A checkpoint run's re-encoded inputs and an encoder's embeddings are made once, when first needed."""
     torch.set_num_threads(threads)
-    _WORKER.update(x=load_inputs(), paraphrases=paraphrases, **params)
+    _WORKER.update(x=load_inputs(), paraphrases=paraphrases, own_inputs={}, embedded={}, **params)
+
+
+def inputs_for(run: str) -> Inputs:
+    """The inputs as fine-tuning run `run` sees them: a checkpoint run's re-encoded by its own tokenizer."""
+    w = _WORKER
+    r = w["runs"][run]
+    if r.init != "checkpoint":
+        return w["x"]
+    if run not in w["own_inputs"]:
+        w["own_inputs"][run] = checkpoint_inputs(w["x"], r)
+    return w["own_inputs"][run]
 
 
 def fit_cell(cell: Cell) -> str:
     """Fits `cell` unless a finished copy is in CHECKPOINTS; returns the file holding its result."""
+    from stages.baseline import recorded as recorded_baseline
     from stages.finetune import recorded
     from stages.training import fingerprint
 
-    w, x = _WORKER, _WORKER["x"]
+    w = _WORKER
+    x = inputs_for(cell.run) if cell.neural else w["x"]
     idx = draw(x.pool["label"], cell.size, cell.draw)
     keys = ((x.pool["book"][i], x.pool["chapter"][i], x.pool["verse"][i]) for i in idx)
     extra = [e for k in keys for e in w["paraphrases"].get(k, [])] if cell.augmented else []
     labels = [x.pool["label"][i] for i in idx] + [e[2] for e in extra]
     if cell.neural:
-        t = replace(w["t0"], seed=cell.draw)
+        own = w["runs"][cell.run].init == "checkpoint"
+        t = replace(w["t_own"] if own else w["t0"], seed=cell.draw)
         train_set = ([x.pool["input_ids"][i] for i in idx] + [e[1] for e in extra], labels)
         what = {"run": recorded(w["runs"][cell.run]), "train": asdict(t), "lr_scale": cell.lr_scale,
                 "seed": cell.draw, "train_set": train_set, "perplexity": cell.perplexity}  # fmt: skip
     else:
+        r = w["baselines"][cell.run]
         train_set = ([x.pool["text"][i] for i in idx] + [e[0] for e in extra], labels)
         what = {"baseline": asdict(w["bp"]), "seed": cell.draw, "train_set": train_set}
+        what |= {"run": recorded_baseline(r)} if r.features != "tfidf" else {}
     key = fingerprint({**what, "inputs": x.fingerprint})
     path = CHECKPOINTS / f"{key}.json"
     if path.exists():
         return str(path)
     t1 = time.perf_counter()
     val, test = (x.val["input_ids"], x.val["label"]), (x.test["input_ids"], x.test["label"])
+    texts = (x.val["text"], x.val["label"]), (x.test["text"], x.test["label"])
     if cell.neural:
         blocks = x.blocks if cell.perplexity else None
         res = fit_neural(w["runs"][cell.run], t, x.base_lr * cell.lr_scale, train_set, val, test, x.pad_id,
                          len(x.labels), key, blocks)  # fmt: skip
+    elif r.features != "tfidf":  # a sentence encoder's probe, or SetFit
+        res = fit_encoder_baseline(r, w["bp"], cell.draw, train_set, *texts, w["embedded"])
     else:
-        res = fit_baseline(w["bp"], train_set, (x.val["text"], x.val["label"]), (x.test["text"], x.test["label"]))
+        res = fit_baseline(w["bp"], train_set, *texts)
     res |= {"accuracy": accuracy(res["predictions"], x.test["label"]), "seed": cell.draw,
             "paraphrases": len(extra), "seconds": round(time.perf_counter() - t1, 1)}  # fmt: skip
     write_json(res, path)
@@ -422,9 +519,10 @@ def back_translations(x: Inputs, rows: list[int]) -> tuple[dict, dict]:
                  "translators": translators}  # fmt: skip
 
 
-def plan(p: StudyParams, runs: dict, default: int) -> list[Cell]:
-    """The study's cells: every run and baseline on every draw of every size; the augmented ones at
-    augmented_sizes; forgetting_run at the other rates on the first forgetting_draws draws of the default size."""
+def plan(p: StudyParams, runs: dict, baselines: dict, default: int) -> list[Cell]:
+    """The study's cells: every run and baseline on every draw of every size (checkpoint runs and SetFit at
+    checkpoint_sizes only); the augmented ones at augmented_sizes; forgetting_run at the other rates on the first
+    forgetting_draws draws of the default size."""
     cells = []
     for n in sorted(p.draws):
         for d in range(p.draws[n]):
@@ -434,14 +532,18 @@ def plan(p: StudyParams, runs: dict, default: int) -> list[Cell]:
                 cells.append(Cell(name, n, d, lr_scale=runs[name].lr_scale, perplexity=ppl))
                 if bt and name in p.augmented_runs:
                     cells.append(Cell(name, n, d, lr_scale=runs[name].lr_scale, augmented=True))
+            for name in p.checkpoint_runs if n in p.checkpoint_sizes else []:
+                cells.append(Cell(name, n, d, lr_scale=1.0))  # their own lr, as Inputs.base_lr
             for b in p.baselines:
+                if baselines[b].setfit and n not in p.checkpoint_sizes:
+                    continue
                 cells.append(Cell(b, n, d, neural=False))
                 if bt and b in p.augmented_runs:
                     cells.append(Cell(b, n, d, neural=False, augmented=True))
     if default in p.draws and p.forgetting_run in p.runs:
         for scale in sorted(set(p.forgetting_lr_scales) - {runs[p.forgetting_run].lr_scale}):
             for d in range(min(p.forgetting_draws, p.draws[default])):
-                cells.append(Cell(p.forgetting_run, default, d, lr_scale=scale, perplexity=True))
+                cells.append(Cell(p.forgetting_run, default, d, lr_scale=scale, perplexity=True, main=False))
     return cells
 
 
@@ -459,42 +561,46 @@ def run(p: StudyParams) -> dict:
         raise ParamsError(f"forgetting_run: {p.forgetting_run!r} must have init pretrained")
     if own := sorted(name for name, r in runs.items() if r.init == "checkpoint"):
         raise ParamsError(f"runs: {', '.join(own)} start from a checkpoint of their own; the study scales "
-                          f"pre-training's rate and uses its tokenizer: scratch and pretrained runs only")  # fmt: skip
+                          f"pre-training's rate and uses its tokenizer: list them in checkpoint_runs")  # fmt: skip
+    runs |= checkpoint_runs(p)
     bp = load_params("baseline.train", BaselineParams)
-    for b in p.baselines:
-        load_params(f"baseline.runs.{b}", BaselineRunParams)
+    baselines = {b: section("baseline", b, BaselineRunParams) for b in p.baselines}
+    t_own = from_dict(TrainParams, {**asdict(t0), **p.checkpoint_train}, "study.checkpoint_train")  # leaner stopping
 
     x = load_inputs()
     default = default_size()
-    cells = plan(p, runs, default)
+    cells = plan(p, runs, baselines, default)
     drawn = sorted({i for c in cells if c.augmented for i in draw(x.pool["label"], c.size, c.draw)})
     paraphrases, translation = back_translations(x, drawn) if drawn else ({}, None)
-    results = fit_all(cells, p.workers, {"t0": t0, "runs": runs, "bp": bp}, paraphrases)
+    params = {"t0": t0, "t_own": t_own, "runs": runs, "bp": bp, "baselines": baselines}
+    results = fit_all(cells, p.workers, params, paraphrases)
     by_cell: dict = {}  # (cell name, size) -> results in draw order
     forgetting_cells: dict = {}  # lr scale -> results in draw order
     for c, res in zip(cells, results, strict=True):
         if c.perplexity:
             forgetting_cells.setdefault(c.lr_scale, []).append(res)
-        if not c.neural or c.lr_scale == runs[c.run].lr_scale:
+        if c.main:
             by_cell.setdefault((c.name, c.size), []).append(res)
 
     shares = {}
-    for name in p.runs:
+    for name in [*p.runs, *p.checkpoint_runs]:
         trainable, total = count_params(build_classifier(runs[name], PRETRAINED, len(x.labels), t0))
         shares[name] = round(trainable / total, 5)
-    info = {name: {"init": r.init, "augmented": False} for name, r in runs.items() if name in p.runs}
-    info |= {b: {"init": "none", "augmented": False} for b in p.baselines}
+    info = {name: {"init": r.init, "augmented": False, "method": r.method} for name, r in runs.items()
+            if name in [*p.runs, *p.checkpoint_runs]}  # fmt: skip
+    info |= {b: {"init": "none", "augmented": False, "method": baseline_method(baselines[b])} for b in p.baselines}
     info |= {f"{r}_bt": {**info[r], "augmented": True} for r in p.augmented_runs}
     boot = Bootstrap(list(zip(x.test["book"], x.test["chapter"], strict=True)), ep.replicates, ep.seed)
     refs, k = x.test["label"], len(x.labels)
     sizes = sorted(p.draws)
     result = {
         "sizes": sizes, "draws": {str(n): p.draws[n] for n in sizes}, "default_size": default,
-        "runs": p.runs, "baselines": p.baselines, "pool": len(x.pool["label"]), "workers": p.workers,
+        "runs": [*p.runs, *p.checkpoint_runs], "baselines": p.baselines, "pool": len(x.pool["label"]),
+        "workers": p.workers,
         "test_examples": len(refs), "test_chapters": len(set(boot.ids.tolist())), "forgetting_run": p.forgetting_run,
         "interval": "95%, bootstrap over test chapters and labeled draws; gaps paired", "trainable_share": shares,
         "data_efficiency": {name: {str(n): cell_summary(by_cell[(name, n)], refs, boot, k) for n in sizes
-                                   if (name, n) in by_cell} for name in [*p.runs, *p.baselines]},
+                                   if (name, n) in by_cell} for name in [*p.runs, *p.checkpoint_runs, *p.baselines]},
         "augmentation": {name: {str(n): {**cell_summary(by_cell[(f"{name}_bt", n)], refs, boot, k),
                                          "gain": gap(by_cell, (f"{name}_bt", n), (name, n), refs, boot),
                                          "paraphrases": statistics.fmean(r["paraphrases"]
@@ -509,6 +615,28 @@ def run(p: StudyParams) -> dict:
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["_predictions"] = {f"{r}@{n}": [c["predictions"] for c in v] for (r, n), v in by_cell.items()}
     return result
+
+
+def checkpoint_runs(p: StudyParams) -> dict:
+    """study.checkpoint_runs as RunParams (finetune.runs or extra_runs), each with init checkpoint and, for a local
+    folder, under a dep of the study stage (DVC reruns the study when the folder changes)."""
+    from stages.common import covered_by_deps
+    from stages.finetune import PACKAGE, RunParams
+
+    runs = {name: section("finetune", name, RunParams) for name in p.checkpoint_runs}
+    for name, r in runs.items():
+        if r.init != "checkpoint":
+            raise ParamsError(f"checkpoint_runs: {name!r} has init {r.init}; list it in study.runs")
+        local = not r.checkpoint.startswith(PACKAGE) and Path(r.checkpoint).exists()
+        if local and not covered_by_deps(r.checkpoint, "study", STUDY_DVC):
+            raise ParamsError(f"checkpoint_runs: {name}'s checkpoint {r.checkpoint} is not a dependency of the study "
+                              f"stage; add it to its deps in {STUDY_DVC}")  # fmt: skip
+    return runs
+
+
+def baseline_method(r) -> str:
+    """What a baseline run fits, as the claims tell baselines apart: tfidf_logreg, probe_logreg or setfit_logreg."""
+    return "tfidf_logreg" if r.features == "tfidf" else "setfit_logreg" if r.setfit else "probe_logreg"
 
 
 def forgetting(by_scale: dict, x: Inputs, refs: list[int], boot: Bootstrap, k: int) -> dict:

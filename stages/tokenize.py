@@ -8,6 +8,8 @@ Writes data/3_tokenize/tokenizer   a transformers tokenizer (save_pretrained) + 
        metrics/tokenize.json
 
     python -m stages.tokenize
+    python -m stages.tokenize --params tokenize_dapt --out data/3_tokenize_dapt --metrics metrics/tokenize_dapt.json \
+        --dvc-file study/dvc.yaml     # another section and output (--help): the corpus in a checkpoint's tokenizer
 
 The corpus streams: the BPE trains on batches of documents, the encoded documents go to a temporary Arrow cache
 (memory-mapped, outside the input folder) and the blocks are packed and written a few at a time, so the corpus and its
@@ -15,8 +17,9 @@ token ids need not fit in memory. The task is small and is encoded in memory.
 
 The documents are split train/validation first and the BPE is trained on the train documents only, so the
 validation blocks (pre-training perplexity) hold text the tokenizer has not seen either. With `tokenizer:` a
-checkpoint (a save_pretrained folder or a hub name) instead of `train`, that checkpoint's tokenizer is used as it
-is, for continued pre-training from the same checkpoint (pretrain.init) and checked there to be the same.
+checkpoint (a save_pretrained folder, a hub name or package:<python_package>/<subdir>) instead of `train`, that
+checkpoint's tokenizer is used as it is, for continued pre-training from the same checkpoint (pretrain.init) and
+checked there to be the same.
 
 Run as a module: as a script, this file would shadow the standard library's `tokenize`.
 """
@@ -44,7 +47,7 @@ BATCH = 1000  # documents read at a time from the memory-mapped corpus and its e
 
 @dataclass(frozen=True)
 class TokenizeParams:
-    tokenizer: str  # train | a checkpoint's tokenizer: a local save_pretrained folder or a hub name
+    tokenizer: str  # train | a checkpoint's tokenizer: a save_pretrained folder, a hub name or package:<pkg>/<dir>
     special_tokens: dict[str, str]  # eos (document separator), pad, mask (masked LM) -> token string
     vocab_size: int  # larger = shorter sequences, bigger embedding tables (slower on a CPU)
     min_frequency: int  # a pair must occur this often to be merged
@@ -97,7 +100,8 @@ def train_tokenizer(texts, vocab_size: int, min_frequency: int, special: dict[st
 
 
 def checkpoint_tokenizer(spec: str):
-    """A checkpoint's own tokenizer (folder or hub name), with a document separator and a pad token.
+    """A checkpoint's own tokenizer (a folder, a hub name or package:<python_package>/<subdir>, as finetune takes),
+    with a document separator and a pad token.
 
     GPT-2's has no pad token (it pads with its EOS, which attention masks hide); BERT's has no EOS and separates
     documents with [SEP].
@@ -106,7 +110,7 @@ def checkpoint_tokenizer(spec: str):
 
     from stages.training import from_checkpoint
 
-    tokenizer = from_checkpoint(AutoTokenizer.from_pretrained, spec, "tokenize.tokenizer")
+    tokenizer = from_checkpoint(AutoTokenizer.from_pretrained, spec, "tokenize.tokenizer", marker=None)
     if tokenizer.eos_token is None and tokenizer.sep_token is not None:
         tokenizer.eos_token = tokenizer.sep_token
     if tokenizer.eos_token is None:
@@ -274,16 +278,34 @@ def run(
     return metrics
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None):
+    """The params section and the paths: the defaults are the pipeline's `tokenize` stage; another stage of the same
+    code (study/dvc.yaml's `tokenize_dapt`: the corpus in a checkpoint's tokenizer) names its own."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m stages.tokenize", description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--params", default="tokenize", help="params.yaml section, also the stage's name (default: %(default)s)"
+    )
+    ap.add_argument("--corpus", type=Path, default=CORPUS, help="the clean corpus (default: %(default)s)")
+    ap.add_argument("--task", type=Path, default=TASK, help="the labeled task (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=OUT, help="the folder written (default: %(default)s)")
+    ap.add_argument("--metrics", type=Path, default=METRICS, help="metrics JSON written (default: %(default)s)")
+    ap.add_argument("--dvc-file", type=Path, default=Path("dvc.yaml"), help="holds the stage (default: %(default)s)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
     from stages.common import ParamsError
 
-    p = load_params("tokenize", TokenizeParams)
+    a = parse_args(argv)
+    p = load_params(a.params, TokenizeParams)
     spec = p.tokenizer
-    if spec != "train" and Path(spec).expanduser().exists() and not covered_by_deps(spec, "tokenize"):
-        fail(f"tokenize.tokenizer: the local tokenizer {spec} is not a dependency of the tokenize stage; add it (or a "
-             "folder above it) to the stage's deps in dvc.yaml, so DVC reruns tokenize when it changes")  # fmt: skip
+    if spec != "train" and Path(spec).expanduser().exists() and not covered_by_deps(spec, a.params, a.dvc_file):
+        fail(f"{a.params}.tokenizer: the local tokenizer {spec} is not a dependency of the {a.params} stage; add it "
+             f"(or a folder above it) to its deps in {a.dvc_file}, so DVC reruns it when it changes")  # fmt: skip
     try:
-        print(json.dumps(run(p), indent=2))
+        print(json.dumps(run(p, a.corpus, a.task, a.out, a.metrics), indent=2))
     except ParamsError as e:
         fail(str(e))
 

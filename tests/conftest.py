@@ -63,6 +63,13 @@ TINY = {
     "augment.max_length": 24,
     "finetune.train.epochs": 2,
     "finetune.train.patience": 1,
+    "tokenize_dapt.block_size": 64,  # study/dvc.yaml's DAPT of the real MiniLM: a few steps
+    "dapt.max_steps": 2,
+    "dapt.warmup_steps": 1,
+    "dapt.batch_size": 4,
+    "dapt.eval_every": 2,
+    "dapt.eval_batches": 1,
+    "baseline.extra_runs.setfit.setfit.num_iterations": 1,
 }
 
 

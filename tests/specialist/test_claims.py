@@ -42,3 +42,37 @@ def test_the_claims_follow_the_runs_present():
         ("full_bt", "full", 2, "at_least"), ("tfidf_bt", "tfidf", 2, "at_least"),
     ]  # fmt: skip
     assert applicable({"full": runs["full"]}) == []
+
+
+def test_the_real_checkpoint_claims_and_the_modern_bars():
+    runs = {
+        "full": {"init": "pretrained", "augmented": False, "method": "full", "best_val_accuracy": 0.40},
+        "lora": {"init": "pretrained", "augmented": False, "method": "lora", "best_val_accuracy": 0.41},
+        "minilm": {"init": "checkpoint", "augmented": False, "method": "full"},
+        "minilm_dapt": {"init": "checkpoint", "augmented": False, "method": "full"},
+        "tfidf": {"init": "none", "augmented": False, "method": "tfidf_logreg"},
+        "minilm_probe": {"init": "none", "augmented": False, "method": "probe_logreg"},
+        "setfit": {"init": "none", "augmented": False, "method": "setfit_logreg"},
+    }  # fmt: skip
+    pairs = [(c.a, c.b, c.threshold, c.kind) for c in applicable(runs)]
+    assert ("minilm_dapt", "minilm", 0, "at_least") in pairs
+    assert ("minilm_dapt", "tfidf", 5, "at_least") in pairs and ("minilm_dapt", "tfidf", 0, "at_least") in pairs
+    assert ("minilm_dapt", "minilm_probe", 0, "at_least") in pairs
+    # the pipeline's best own run, picked on validation (lora), against each modern bar; no TF-IDF claim against them
+    assert ("lora", "minilm_probe", 0, "at_least") in pairs and ("lora", "setfit", 0, "at_least") in pairs
+    assert ("full", "minilm_probe", 0, "at_least") not in pairs
+    assert not [p for p in pairs if p[1] in ("minilm_probe", "setfit") and p[0] in ("minilm", "scratch")]
+    assert not [p for p in pairs if p[0] == "full" and p[1] in ("minilm_probe", "setfit")]
+    # without validation accuracies every own run is compared
+    bare = {k: {kk: vv for kk, vv in v.items() if kk != "best_val_accuracy"} for k, v in runs.items()}
+    assert {(c.a, c.b) for c in applicable(bare) if c.b == "setfit"} == {("full", "setfit"), ("lora", "setfit")}
+
+
+def test_not_below_is_at_least_zero_decided_by_the_interval():
+    runs = {"minilm_dapt": {"init": "checkpoint", "augmented": False},
+            "minilm_probe": {"init": "none", "augmented": False, "method": "probe_logreg"}}  # fmt: skip
+    (not_below,) = [x for x in applicable(runs) if x.b == "minilm_probe"]
+    assert "not below" in not_below.text
+    assert verdict(not_below, [0.5, 4.0]) == HOLDS  # shown above
+    assert verdict(not_below, [-2.0, 3.0]) == OPEN  # neither shown above nor below
+    assert verdict(not_below, [-5.0, -0.5]) == FAILS  # shown below

@@ -157,12 +157,12 @@ def test_a_local_checkpoint_outside_the_stages_deps_is_refused_naming_the_key(
     dvc = {"stages": {stage: {"cmd": f"python -m stages.{stage}", "deps": [f"stages/{stage}.py"]}}}
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc))
     with pytest.raises(SystemExit):
-        module.main()
+        module.main([])
     err = capsys.readouterr().err
     assert f"{stage}.{key}: the local" in err and f"models/base is not a dependency of the {stage} stage" in err
 
     dvc["stages"][stage]["deps"].append("models")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc))
     with pytest.raises((SystemExit, OSError, ValueError)):
-        module.main()
+        module.main([])
     assert "is not a dependency" not in capsys.readouterr().err

@@ -118,7 +118,7 @@ def test_study_runs_as_its_own_dvc_target_and_reports_every_cell(tiny_project, t
     shutil.copytree(tiny_project, project, symlinks=True)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["study"].update(draws={2: 2, 8: 2}, augmented_sizes=[2], augmented_runs=["full", "tfidf"],
-                           forgetting_lr_scales=[1.0, 0.1], forgetting_draws=1)  # fmt: skip
+                           forgetting_lr_scales=[1.0, 0.1], forgetting_draws=1, checkpoint_sizes=[8])  # fmt: skip
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "study" not in run(["dvc", "repro"], project).stdout  # the main pipeline does not run it
     assert not (project / "metrics/study.json").exists()
@@ -126,10 +126,13 @@ def test_study_runs_as_its_own_dvc_target_and_reports_every_cell(tiny_project, t
     run(["dvc", "repro", "study/dvc.yaml"], project)
     s = json.loads((project / "metrics/study.json").read_text())
     assert s["default_size"] == 8 and s["sizes"] == [2, 8] and s["draws"] == {"2": 2, "8": 2}
-    for name in ("scratch", "full", "lora", "tfidf"):
+    for name in ("scratch", "full", "lora", "tfidf", "minilm_probe"):
         for size in ("2", "8"):
             c = s["data_efficiency"][name][size]
             assert len(c["values"]) == 2 and c["accuracy_ci95"][0] <= c["accuracy"] <= c["accuracy_ci95"][1]
+    for name in ("minilm", "minilm_dapt", "setfit"):  # checkpoint runs and SetFit: at checkpoint_sizes only
+        assert set(s["data_efficiency"][name]) == {"8"} and len(s["data_efficiency"][name]["8"]["values"]) == 2
+    assert (project / "models/4_dapt/config.json").exists()  # study/dvc.yaml's dapt ran first
     assert set(s["augmentation"]) == {"full", "tfidf"} and set(s["augmentation"]["full"]) == {"2"}
     assert s["augmentation"]["full"]["2"]["paraphrases"] > 0 and "ci95" in s["augmentation"]["full"]["2"]["gain"]
     assert {c["verdict"] for c in s["claims"]} <= {"holds", "does not hold", "not resolved"}
@@ -144,3 +147,104 @@ def test_study_runs_as_its_own_dvc_target_and_reports_every_cell(tiny_project, t
     assert "data_efficiency" in run(["dvc", "plots", "show", "--json"], project).stdout
     assert "changed" not in run(["dvc", "status", "study/dvc.yaml"], project).stdout  # recorded in study/dvc.lock
     assert not (project / "checkpoints/study").exists()  # finished cells are kept only while the study runs
+
+
+@pytest.fixture
+def checkpoint_study(tmp_path, monkeypatch):
+    """A tiny BertModel checkpoint, a task with pool/validation/test (pipeline input_ids that a checkpoint run must
+    not use), and the study's Inputs on it."""
+    from datasets import ClassLabel, Dataset, DatasetDict
+
+    import stages.study as study
+    from stages.ingest import LABELS as GENRES
+    from tests.conftest import VERSES
+    from tests.stages.test_checkpoint_init import save_tiny_bert
+
+    save_tiny_bert(tmp_path / "bert")
+    rows = [{"text": t + s, "input_ids": [9, 9, 9], "label": y, "book": f"B{y}", "chapter": 1, "verse": i}
+            for y, t in VERSES.items() for i, s in enumerate(["", ".", "!", " now"])]  # fmt: skip
+    split = Dataset.from_list(rows).cast_column("label", ClassLabel(names=GENRES))
+    DatasetDict({"pool": split, "validation": split, "test": split}).save_to_disk(tmp_path / "task")
+    monkeypatch.setattr(study, "TASK", tmp_path / "task")
+    monkeypatch.setattr(study, "CHECKPOINTS", tmp_path / "checkpoints")
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    x = study.Inputs(pool=cols, val=cols, test=cols, labels=GENRES, pad_id=1, base_lr=1.0, blocks=None,
+                     fingerprint="pipeline")  # fmt: skip
+    return x, tmp_path
+
+
+def worker(x, t=None, runs=None, bp=None, baselines=None) -> dict:
+    """The study's worker state, in this process, as init_worker leaves it."""
+    import stages.study as study
+
+    study._WORKER.clear()
+    study._WORKER.update(x=x, paraphrases={}, own_inputs={}, embedded={}, t0=t, t_own=t, runs=runs or {}, bp=bp,
+                         baselines=baselines or {})  # fmt: skip
+    return study._WORKER
+
+
+def test_a_checkpoint_run_trains_on_its_own_tokens_and_rate_at_its_sizes(checkpoint_study):
+    import dataclasses
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from stages.baseline import BaselineParams
+    from stages.common import from_dict, load_params
+    from stages.finetune import RunParams, TrainParams
+    from stages.study import Cell, checkpoint_inputs, fit_cell
+
+    x, tmp = checkpoint_study
+    r = from_dict(RunParams, {"init": "checkpoint", "checkpoint": str(tmp / "bert"), "method": "full", "lr": 1e-3,
+                              "augmented": False}, "finetune.runs.tiny")  # fmt: skip
+    own = checkpoint_inputs(x, r)
+    tok = AutoTokenizer.from_pretrained(tmp / "bert")
+    assert own.pool["input_ids"][0] == tok(x.pool["text"][0])["input_ids"]  # [CLS] ... [SEP], its own ids
+    assert own.test["input_ids"] == own.pool["input_ids"] and own.pad_id == tok.pad_token_id
+    assert own.base_lr == 1e-3 and own.fingerprint.startswith("pipeline") and own.fingerprint != "pipeline"
+    assert x.pool["input_ids"][0] == [9, 9, 9]  # the pipeline's inputs are left as they were
+
+    t = dataclasses.replace(load_params("finetune.train", TrainParams, Path("params.yaml")), epochs=2, patience=1,
+                            batch_size=4, eval_batch_size=8)  # fmt: skip
+    bp = BaselineParams(C=[1.0], ngram_ranges=[[1, 1]], sublinear_tf=True, max_iter=200)
+    w = worker(x, t, {"tiny": r}, bp)
+    res = json.loads(Path(fit_cell(Cell("tiny", 2, 0, lr_scale=1.0))).read_text())
+    assert len(res["predictions"]) == 28 and 0 <= res["accuracy"] <= 1 and "val_accuracy" in res
+    assert set(w["own_inputs"]) == {"tiny"}  # re-encoded once, by its own tokenizer
+    again = json.loads(Path(fit_cell(Cell("tiny", 2, 0, lr_scale=1.0))).read_text())
+    assert again == res  # kept, not refitted
+
+
+def test_a_probe_baseline_embeds_validation_and_test_once_per_study(checkpoint_study):
+    from pathlib import Path
+
+    from stages.baseline import BaselineParams, BaselineRunParams
+    from stages.study import Cell, fit_cell
+
+    x, tmp = checkpoint_study
+    bp = BaselineParams(C=[1.0, 10.0], ngram_ranges=[[1, 1]], sublinear_tf=True, max_iter=200)
+    probe = BaselineRunParams(augmented=False, features=str(tmp / "bert"))
+    w = worker(x, bp=bp, baselines={"probe": probe, "tfidf": BaselineRunParams(augmented=False)})
+    a, b = (json.loads(Path(fit_cell(Cell("probe", 2, d, neural=False))).read_text()) for d in (0, 1))
+    assert len(a["predictions"]) == len(b["predictions"]) == 28 and a["chosen"]["C"] in bp.C
+    assert set(w["embedded"]) == {(str(tmp / "bert"), "val"), (str(tmp / "bert"), "test")}
+    tfidf = json.loads(Path(fit_cell(Cell("tfidf", 2, 0, neural=False))).read_text())
+    assert "ngram_range" in tfidf["chosen"]  # TF-IDF's own search, as before
+
+
+def test_checkpoint_runs_come_from_extra_runs_and_a_local_one_must_be_a_study_dep(tmp_path, monkeypatch):
+    import stages.study as study
+    from stages.common import ParamsError, load_params
+    from stages.study import StudyParams, checkpoint_runs
+
+    p = load_params("study", StudyParams)
+    runs = checkpoint_runs(p)
+    assert set(runs) == {"minilm", "minilm_dapt"} and runs["minilm_dapt"].checkpoint == "./models/4_dapt"
+    assert 32 in p.checkpoint_sizes and {"minilm_probe", "setfit"} <= set(p.baselines)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models/4_dapt").mkdir(parents=True)
+    (tmp_path / "params.yaml").write_text((study.Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study/dvc.yaml").write_text(yaml.safe_dump({"stages": {"study": {"deps": ["stages/study.py"]}}}))
+    with pytest.raises(ParamsError, match="minilm_dapt's checkpoint ./models/4_dapt is not a dependency of the study"):
+        checkpoint_runs(p)
