@@ -11,12 +11,12 @@ to quality, not steps per second).
            to 0.1, 32 x 128-token blocks, 250 steps), on the model params.yaml's pretrain section builds
   ours     stages.pretrain.train, the stage's own loop, with params.yaml's pretrain recipe (the defaults)
 Both start from the same seeded init, read the pipeline's train blocks (data/3_tokenize/blocks) and are scored on
-the same first `--val-blocks` validation blocks, by the same function (stages.pretrain.lm_loss), about `--points`
-times a run. The clock is training time: validation is excluded (the stage's curve `seconds`; a Trainer callback
-stops its clock while it validates). Each run has a fresh process of its own; one after the other by default, or
-both at once (`--together`), so that both see the same load on a machine other jobs share. seconds_to_target: the
-first time a run's perplexity is at or under Trainer's final one, interpolated linearly in loss between its
-validations; the ratio is ours / Trainer's.
+the same first `--val-blocks` validation blocks by the same function (stages.pretrain.lm_loss), every
+`--eval-every` steps and at the end. The clock is training time: validation is excluded (the stage's curve
+`seconds`; a Trainer callback stops its clock while it validates). Each run has a fresh process of its own; one
+after the other by default, or both at once (`--together`), so that both see the same load on a machine other
+jobs share. seconds_to_target: the first time a run's perplexity is at or under Trainer's final one, interpolated
+linearly in loss between its validations; the ratio is ours / Trainer's.
 """
 
 import argparse
@@ -77,14 +77,10 @@ def data(quick: bool, val_blocks: int) -> tuple[object, torch.Tensor, object]:
     )
 
 
-def every(p: PretrainParams, points: int) -> int:
-    return max(1, p.max_steps // points)
-
-
-def run_ours(p: PretrainParams, train_blocks, val: torch.Tensor, vocab, points: int, target: Path | None = None):
+def run_ours(p: PretrainParams, train_blocks, val: torch.Tensor, vocab, eval_every: int, target: Path | None = None):
     """The stage's loop; its curve's validation rows: step, seconds (training only), val_loss. With `target`, it
     stops at the first validation at or under the loss that file holds, once the parent has written it there."""
-    p = dataclasses.replace(p, eval_every=every(p, points), eval_batches=math.ceil(len(val) / p.batch_size))
+    p = dataclasses.replace(p, eval_every=eval_every, eval_batches=math.ceil(len(val) / p.batch_size))
     seed_everything(p.seed)
     model = build_model(p, vocab, val.shape[1])
 
@@ -96,7 +92,7 @@ def run_ours(p: PretrainParams, train_blocks, val: torch.Tensor, vocab, points: 
     return [{k: r[k] for k in ("step", "seconds", "val_loss")} for r in curve if "val_loss" in r]
 
 
-def run_trainer(p: PretrainParams, train_blocks, val: torch.Tensor, vocab, points: int, target=None) -> list[dict]:
+def run_trainer(p: PretrainParams, train_blocks, val: torch.Tensor, vocab, eval_every: int, target=None) -> list[dict]:
     """HF Trainer on the same model and blocks, validated by a callback that stops the clock while it runs."""
     from datasets import Dataset
     from transformers import Trainer, TrainerCallback
@@ -113,7 +109,7 @@ def run_trainer(p: PretrainParams, train_blocks, val: torch.Tensor, vocab, point
 
     class Validate(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step % every(p, points) and state.global_step != state.max_steps:
+            if state.global_step % eval_every and state.global_step != state.max_steps:
                 return
             seconds, t0 = time.perf_counter() - clock["start"] - clock["paused"], time.perf_counter()
             loss = lm_loss(model, val, p.batch_size, torch.device("cpu"))
@@ -127,10 +123,10 @@ def run_trainer(p: PretrainParams, train_blocks, val: torch.Tensor, vocab, point
     return rows
 
 
-def child(run: str, quick: bool, val_blocks: int, points: int, target: Path | None) -> dict:
+def child(run: str, quick: bool, val_blocks: int, eval_every: int, target: Path | None) -> dict:
     p = recipes(quick)[run]
     train_blocks, val, vocab = data(quick, val_blocks)
-    curve = (run_ours if run == "ours" else run_trainer)(p, train_blocks, val, vocab, points, target)
+    curve = (run_ours if run == "ours" else run_trainer)(p, train_blocks, val, vocab, eval_every, target)
     return {"curve": curve, "load_average_1m_end": round(os.getloadavg()[0], 2)}
 
 
@@ -165,7 +161,7 @@ def summary(p: PretrainParams, curve: list[dict], block_size: int) -> dict:
     }
 
 
-def bench(quick: bool, together: bool, threads: int | None, val_blocks: int, points: int, full: bool) -> dict:
+def bench(quick: bool, together: bool, threads: int | None, val_blocks: int, eval_every: int, full: bool) -> dict:
     host = machine()
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     if threads:
@@ -176,7 +172,7 @@ def bench(quick: bool, together: bool, threads: int | None, val_blocks: int, poi
         procs, files = {}, {run: (Path(tmp) / f"{run}.out", Path(tmp) / f"{run}.err") for run in ("trainer", "ours")}
         for run in ("trainer", "ours"):  # Trainer first; with --together both at once
             cmd = [sys.executable, "-m", "bench.pretrain_quality", "--child", run, "--val-blocks", str(val_blocks),
-                   "--points", str(points), *(["--quick"] if quick else []),
+                   "--eval-every", str(eval_every), *(["--quick"] if quick else []),
                    *(["--target", str(target)] if run == "ours" and not full else [])]  # fmt: skip
             out, err = (open(f, "w") for f in files[run])
             procs[run] = (subprocess.Popen(cmd, stdout=out, stderr=err, env=env), cmd)
@@ -228,18 +224,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--together", action="store_true", help="run both at once (default: Trainer, then ours)")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's, one per core)")
     parser.add_argument("--val-blocks", type=int, default=256, help="validation blocks scored (default 256)")
-    parser.add_argument("--points", type=int, default=20, help="validations per run (default 20)")
+    parser.add_argument("--eval-every", type=int, default=10, help="steps between validations (default 10)")
     parser.add_argument("--out", type=Path, default=REPORT, help=f"where the JSON report goes (default {REPORT})")
     parser.add_argument("--full", action="store_true", help="run ours to its last step (default: stop at target)")
     parser.add_argument("--child", choices=("ours", "trainer"), help=argparse.SUPPRESS)
     parser.add_argument("--target", type=Path, help=argparse.SUPPRESS)  # ours: the file Trainer's final loss lands in
     args = parser.parse_args(argv)
-    if args.val_blocks < 1 or args.points < 1:
-        parser.error("--val-blocks and --points: must be >= 1")
+    if args.val_blocks < 1 or args.eval_every < 1:
+        parser.error("--val-blocks and --eval-every: must be >= 1")
     if args.child:
-        print(json.dumps(child(args.child, args.quick, args.val_blocks, args.points, args.target)))
+        print(json.dumps(child(args.child, args.quick, args.val_blocks, args.eval_every, args.target)))
         return
-    report = bench(args.quick, args.together, args.threads, args.val_blocks, args.points, args.full)
+    report = bench(args.quick, args.together, args.threads, args.val_blocks, args.eval_every, args.full)
     report["command"] = shlex.join(["python", "-m", "bench.pretrain_quality", *argv])
     report["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_json(report, args.out)

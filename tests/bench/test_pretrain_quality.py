@@ -21,7 +21,8 @@ def test_seconds_to_interpolates_between_validations():
 @pytest.mark.parametrize("together", [False, True])
 def test_quick_run_writes_the_report(tmp_path, together):
     out = tmp_path / "quality.json"
-    cmd = [sys.executable, "-m", "bench.pretrain_quality", "--quick", "--threads", "1", "--out", str(out)]
+    cmd = [sys.executable, "-m", "bench.pretrain_quality", "--quick", "--threads", "1", "--eval-every", "4"]
+    cmd += ["--out", str(out)]
     proc = run(cmd + (["--together"] if together else []), cwd=ROOT)
     r = json.loads(out.read_text())
     assert r["quick"] is True and r["mode"] == ("together" if together else "one after the other")
