@@ -141,6 +141,13 @@ def finetune_cell(name: str, cell: dict, ft: dict) -> dict:
             "cpu_seconds": round(cpu_seconds() - cpu0, 1)}  # fmt: skip
 
 
+def val_curve(live: Path) -> list[list]:
+    """[[step, validation loss on the first eval_batches batches], ...] from the cell's dvclive folder."""
+    tsv = live / "plots/metrics/val/loss.tsv"
+    rows = tsv.read_text().splitlines()[1:] if tsv.exists() else []
+    return [[int(r.split("\t")[0]), round(float(r.split("\t")[1]), 4)] for r in rows]
+
+
 def ft_key(ft: dict) -> str:
     if ft.get("init") == "scratch":
         return f"scratch_{ft['pooling']}_s{ft['seed']}"
@@ -175,7 +182,9 @@ def run_cell(name: str, cell: dict, done: dict) -> None:
     if "pretrain" not in entry:
         entry["params"] = dataclasses.asdict(cell_params(cell["pretrain"]))
         entry["pretrain"] = pretrain_cell(name, cell)
-        update_report(name, entry)
+    if "val_curve" not in entry["pretrain"]:
+        entry["pretrain"]["val_curve"] = val_curve(WORK / name / "live")
+    update_report(name, entry)
     runs = {r["run"]: r for r in entry.get("finetune", [])}
     for ft in cell["finetune"]:
         if ft_key(ft) not in runs:
@@ -196,8 +205,9 @@ def markdown(report: dict) -> str:
         "compare CPU seconds. Fine-tuning: `full` (or `scratch`) at pooling / lr, best validation accuracy of 658",
         "verses (early stopping reads validation too), seed s.",
         "",
-        "| cell | varies | recipe | tokens | val ppl | train s | CPU s | fine-tuning: best val accuracy |",
-        "|---|---|---|---|---|---|---|---|",
+        "| cell | varies | recipe | tokens | val ppl | val loss by step (first 160 blocks) | train s | CPU s | "
+        "fine-tuning: best val accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in report["cells"].items():
         spec, m, q = e["spec"], e.get("pretrain", {}), e.get("params", {})
@@ -210,8 +220,9 @@ def markdown(report: dict) -> str:
             for r in e.get("finetune", [])
         )
         tokens = f"{m['tokens_seen'] / 1e6:.2f}M" if "tokens_seen" in m else ""
+        curve = ", ".join(f"{step}: {loss:.3f}" for step, loss in m.get("val_curve", []))
         lines.append(f"| {name} | {spec.get('note', '')} | {recipe} | {tokens} | {m.get('val_perplexity', '')} | "
-                     f"{m.get('train_seconds', '')} | {m.get('cpu_seconds') or ''} | {fts} |")  # fmt: skip
+                     f"{curve} | {m.get('train_seconds', '')} | {m.get('cpu_seconds') or ''} | {fts} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -37,5 +37,5 @@ def test_cells_resume_and_remeasure_only_what_changed(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["cells"]["a"]["spec"]["pretrain"] == {"lr": 6e-3} and len(report["cells"]["a"]["finetune"]) == 2
     table = recipe.markdown(report)
-    assert "| a | lr | muon 0.006, cosine, 250 x 32, all |  | 50.0 |" in table
+    assert "| a | lr | muon 0.006, cosine, 250 x 32, all |  | 50.0 |  |" in table
     assert "full last lr 3e-04 s1: **0.500**" in table
