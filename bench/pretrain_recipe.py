@@ -55,8 +55,20 @@ GRID = {
         + [
             {"pooling": "mean", "lr_scale": 1 / 30, "seed": 0},  # 1e-4, as today's full
             {"pooling": "mean_last", "lr_scale": 0.1, "seed": 0},
+            {"pooling": "mean_last", "lr_scale": 1 / 30, "seed": 0},
+            {"init": "scratch", "pooling": "mean_last", "seed": 0},
         ],
         "note": "optimizer; fine-tuning: lr (x0.1 = 3e-4 vs 1e-4), pooling",
+    },
+    "muon_3e-3_cos_s1": {  # the same pre-training (its outputs copied from muon_3e-3_cos), fine-tuning seed 1
+        "pretrain": {**TODAY, "optimizer": "muon", "lr": 3e-3},
+        "finetune": [
+            {"pooling": "mean", "lr_scale": 0.1, "seed": 1},
+            {"init": "scratch", "pooling": "mean", "seed": 1},
+            {"pooling": "mean_last", "lr_scale": 1 / 30, "seed": 1},
+            {"pooling": "mean", "lr_scale": 1 / 30, "seed": 1},
+        ],
+        "note": "fine-tuning seed 1 of muon_3e-3_cos's body, and scratch's",
     },
     "muon_3e-3_cos_web": {
         "pretrain": {**TODAY, "optimizer": "muon", "lr": 3e-3},
@@ -76,8 +88,9 @@ GRID = {
     },
     "recipe": {
         "pretrain": {**TODAY, "optimizer": "muon", "lr": 3e-3, "max_steps": 550},
-        "finetune": FT_BASE + [{"pooling": "mean", "lr_scale": 1 / 30, "seed": 0}],
-        "note": "params.yaml's recipe (2.25M tokens)",
+        "finetune": [{"pooling": "mean_last", "lr_scale": 1 / 30, "seed": s} for s in (0, 1)]
+        + [{"init": "scratch", "pooling": "mean_last", "seed": s} for s in (0, 1)],
+        "note": "params.yaml's recipe (2.25M tokens) and fine-tuning",
     },
 }
 
