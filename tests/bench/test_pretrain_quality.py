@@ -47,7 +47,8 @@ def test_quick_run_writes_the_report(tmp_path, together):
         assert ours["curve"][-1]["val_perplexity"] <= r["target_perplexity"] + 0.01
         if not together:  # Trainer's loss was known from ours' start (together: from Trainer's end)
             assert all(row["val_perplexity"] > r["target_perplexity"] for row in ours["curve"][:-1])
-        assert r["ratio"] == pytest.approx(reached / r["seconds_to_target"]["trainer"], abs=1e-3)
+        # from the seconds as stored (to 0.01 s: quick runs last about a second)
+        assert r["ratio"] == pytest.approx(reached / r["seconds_to_target"]["trainer"], rel=0.05)
         assert r["meets_target"] == (r["ratio"] <= 0.5)
     assert r["command"].startswith("python -m bench.pretrain_quality --quick")
     assert "ratio" in proc.stdout and str(out) in proc.stdout
