@@ -119,13 +119,25 @@ def time_trainer(p: PretrainParams, vocab, blocks: torch.Tensor, tmp: Path) -> t
     """(seconds end to end, Trainer's own train_runtime) of HF Trainer on the same model, data and batch (causal LM:
     labels = input_ids, shifted inside the model)."""
     from datasets import Dataset
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     seed_everything(p.seed)
     model = build_model(p, vocab, blocks.shape[1])
     ds = Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()}).with_format("torch")
-    args = TrainingArguments(
-        output_dir=str(tmp / "trainer"), per_device_train_batch_size=p.batch_size,
+    t0 = time.perf_counter()
+    out = Trainer(model=model, args=trainer_args(p, tmp / "trainer"), train_dataset=ds).train()
+    return time.perf_counter() - t0, float(out.metrics["train_runtime"])
+
+
+def trainer_args(p: PretrainParams, out: Path):
+    """TrainingArguments of p's recipe: AdamW (betas 0.9, 0.95), warmup then cosine to min_lr_ratio, clipping,
+    accumulation; no evaluation, saving or logging of Trainer's own."""
+    from transformers import TrainingArguments
+
+    if p.optimizer != "adamw" or p.schedule != "cosine":
+        raise ValueError(f"Trainer runs AdamW with a cosine here, not {p.optimizer} with {p.schedule}")
+    return TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=p.batch_size,
         gradient_accumulation_steps=p.grad_accum, max_steps=p.max_steps, learning_rate=p.lr,
         warmup_steps=p.warmup_steps, lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": p.min_lr_ratio},
@@ -133,17 +145,15 @@ def time_trainer(p: PretrainParams, vocab, blocks: torch.Tensor, tmp: Path) -> t
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
     )  # fmt: skip
-    t0 = time.perf_counter()
-    out = Trainer(model=model, args=args, train_dataset=ds).train()
-    return time.perf_counter() - t0, float(out.metrics["train_runtime"])
 
 
 def setup(quick: bool) -> tuple[PretrainParams, int, torch.Tensor, object, str]:
     """(the bench's pretrain params, block_size, train blocks, vocabulary, where the blocks came from)."""
     tp = load_params("tokenize", TokenizeParams)
     p = load_params("pretrain", PretrainParams)
-    p = dataclasses.replace(p, objective="causal", init="scratch", eval_every=10**9, eval_batches=1,
-                            checkpoint_every=0, **(QUICK if quick else {}))  # fmt: skip
+    p = dataclasses.replace(p, objective="causal", init="scratch", optimizer="adamw", schedule="cosine",
+                            eval_every=10**9, eval_batches=1, checkpoint_every=0,
+                            **(QUICK if quick else {}))  # fmt: skip
     block_size = 32 if quick else tp.block_size
     blocks, vocab, source = load_blocks(512 if quick else tp.vocab_size, block_size, 4096, quick)
     return p, block_size, blocks, vocab, source

@@ -89,6 +89,7 @@ OUT = Path("models/7_finetune")
 METRICS = Path("metrics/finetune")
 DVC_FILE = Path("dvc.yaml")
 INITS = ("scratch", "pretrained", "checkpoint")
+POOLINGS = ("mean", "last", "first", "mean_last")
 # the body's dropout knobs by config name, GPT-2's first: finetune.train.dropout sets those the checkpoint's config has
 DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob",
                 "dropout", "attention_dropout")  # fmt: skip
@@ -105,14 +106,14 @@ class TrainParams:  # finetune.train: shared by every run
     dropout: float  # residual/attention/embedding dropout while fine-tuning
     grad_clip: float
     eval_batch_size: int
-    pooling: str  # mean | last | first: how the head sees the sequence
+    pooling: str  # mean | last | first | mean_last: how the head sees the sequence
 
     def validate(self):
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
             if getattr(self, name) < 1:
                 yield f"{name}: must be >= 1, got {getattr(self, name)}"
-        if self.pooling not in ("mean", "last", "first"):
-            yield f"pooling: expected mean, last or first, got {self.pooling!r}"
+        if self.pooling not in POOLINGS:
+            yield f"pooling: expected one of {', '.join(POOLINGS)}, got {self.pooling!r}"
 
 
 @dataclass(frozen=True, kw_only=True)  # kw_only: fields keep meta.json's order, defaults or not
@@ -193,26 +194,25 @@ class Classifier(torch.nn.Module):
     Pooling `mean` averages the hidden states of the real (non-pad) tokens; `last` takes the last real token
     (GPT-2's own choice); `first` the first token (BERT's [CLS] position: a masked body's first token sees the whole
     verse). Mean pooling puts every token's contextual embedding in front of the head, which is what few labels can
-    learn from.
+    learn from; `mean_last` puts both the mean and the last token (a causal body's only one that read the whole
+    verse) side by side, (B, 2H).
     """
 
     def __init__(self, body, num_labels: int, pooling: str, dropout: float):
         super().__init__()
         self.body, self.pooling = body, pooling
         self.dropout = torch.nn.Dropout(dropout)
-        self.head = torch.nn.Linear(body.config.hidden_size, num_labels)
+        self.head = torch.nn.Linear(body.config.hidden_size * (2 if pooling == "mean_last" else 1), num_labels)
 
     def forward(self, input_ids, attention_mask, labels=None):
         h = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, P + T, H)
         h = h[:, -input_ids.shape[1] :]  # (B, T, H): the verse's positions (prompt tuning puts P virtual ones first)
         mask = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-        if self.pooling == "mean":
-            pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, H)
-        elif self.pooling == "first":
-            pooled = h[:, 0]  # (B, H)
-        else:
-            last = attention_mask.sum(1) - 1  # right padding: index of the last real token
-            pooled = h[torch.arange(len(h), device=h.device), last]
+        mean = (h * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, H)
+        last = h[torch.arange(len(h), device=h.device), attention_mask.sum(1) - 1]  # (B, H); right padding
+        pooled = {"mean": mean, "first": h[:, 0], "last": last}.get(self.pooling)
+        if pooled is None:  # mean_last
+            pooled = torch.cat([mean, last], -1)  # (B, 2H)
         logits = self.head(self.dropout(pooled)).float()  # (B, num_labels)
         loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return Output(loss, logits)

@@ -21,8 +21,9 @@ its tokenizer must be tokenize's (`tokenize.tokenizer:` the same checkpoint; che
 head (a BertModel sentence encoder such as all-MiniLM-L6-v2) gets the objective's head newly initialised, its
 decoder tied to the word embeddings (load_model prints the new tensors).
 
-The loop is written out: AdamW (no decay on biases and norms), linear warmup then cosine decay, gradient clipping
-and accumulation, periodic validation. The batches and their masks are a function of seed and step (the data
+The loop is written out: AdamW (no decay on biases and norms) or Muon for the blocks' matrices with AdamW for the
+rest (`optimizer`), linear warmup then cosine or warmup-stable-decay (`schedule`), gradient clipping and
+accumulation, periodic validation. The batches and their masks are a function of seed and step (the data
 position), so a checkpoint every `checkpoint_every` steps (model, optimizer, scheduler, RNG state, step) lets a
 killed run resume where it stopped and end with the same weights. Under torchrun each of the N processes takes
 1/N of every global micro-batch (batch_size blocks); the loss is the global batch's token mean, so N processes
@@ -52,6 +53,7 @@ from stages.common import (
 )
 from stages.training import (
     CHECKPOINTS,
+    Muon,
     autocast,
     batch_indices,
     count_params,
@@ -62,6 +64,7 @@ from stages.training import (
     load_checkpoint,
     save_checkpoint,
     warmup_cosine,
+    warmup_stable_decay,
 )
 
 BLOCKS = Path("data/3_tokenize/blocks")
@@ -70,6 +73,8 @@ OUT = Path("models/4_pretrain")
 METRICS = Path("metrics/pretrain.json")
 LIVE = Path("metrics/pretrain_live")
 OBJECTIVES = ("causal", "masked")
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
 
 
 @dataclass(frozen=True)
@@ -82,8 +87,11 @@ class PretrainParams:
     n_embd: int
     n_head: int
     dropout: float
-    lr: float  # peak learning rate; fine-tuning uses a fraction of it
-    min_lr_ratio: float  # the cosine decays to lr * min_lr_ratio
+    optimizer: str  # adamw | muon (the blocks' matrices; AdamW for embeddings, norms, biases)
+    lr: float  # peak learning rate (Muon's matrices too, at AdamW's update RMS); fine-tuning uses a fraction of it
+    schedule: str  # cosine | wsd (warmup, flat, linear decay over the last decay_fraction of the steps)
+    decay_fraction: float  # wsd: share of max_steps spent decaying
+    min_lr_ratio: float  # the schedule decays to lr * min_lr_ratio
     warmup_steps: int
     max_steps: int  # optimizer steps; tokens seen = max_steps * batch_size * grad_accum * block_size
     batch_size: int  # blocks per global micro-batch (split across torchrun's processes)
@@ -103,6 +111,14 @@ class PretrainParams:
             yield f"mlm_probability: must be in (0, 1), got {self.mlm_probability}"
         if self.lr <= 0:
             yield f"lr: must be > 0, got {self.lr}"
+        if self.optimizer not in OPTIMIZERS:
+            yield f"optimizer: expected adamw or muon, got {self.optimizer!r}"
+        if self.schedule not in SCHEDULES:
+            yield f"schedule: expected cosine or wsd, got {self.schedule!r}"
+        if not 0 < self.decay_fraction <= 1:
+            yield f"decay_fraction: must be in (0, 1], got {self.decay_fraction}"
+        if not 0 <= self.min_lr_ratio <= 1:
+            yield f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}"
         if self.n_embd % self.n_head:
             yield f"n_embd: {self.n_embd} is not divisible by n_head {self.n_head}"
         for name in ("n_layer", "n_head", "max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches"):
@@ -324,13 +340,28 @@ def load_model(p: PretrainParams, tokenizer, block_size: int):
     return model
 
 
-def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def make_optimizer(model, lr: float, weight_decay: float, optimizer: str = "adamw") -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (not on biases, norms); fused: one kernel for all tensors (on a CPU
-    an 8th of the time of the per-tensor loop, a 6th of foreach's)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
+    an 8th of the time of the per-tensor loop, a 6th of foreach's). `muon`: Muon for the 2-D weights that are not
+    embeddings (the blocks' matrices; the tied output layer is the token embedding), AdamW for the rest."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "adamw":
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # fmt: skip
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    matrix = [p for p in params if p.dim() == 2 and id(p) not in embeddings]
+    groups = [{"params": matrix, "weight_decay": weight_decay, "muon": True},
+              {"params": [p for p in params if id(p) in embeddings], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # fmt: skip
+    return Muon(groups, lr=lr)
+
+
+def lr_schedule(p: PretrainParams):
+    """The LR multiplier by step: warmup then cosine, or warmup-stable-decay."""
+    if p.schedule == "wsd":
+        return lambda s: warmup_stable_decay(s, p.warmup_steps, p.max_steps, p.decay_fraction, p.min_lr_ratio)
+    return lambda s: warmup_cosine(s, p.warmup_steps, p.max_steps, p.min_lr_ratio)
 
 
 def validation_batch(x: torch.Tensor, masking: Masking | None, first: int):
@@ -366,9 +397,11 @@ def blocks_at(blocks, indices: list[int]) -> torch.Tensor:
     return blocks[indices] if isinstance(blocks, torch.Tensor) else blocks[indices]["input_ids"].long()
 
 
-def train(p: PretrainParams, model, train_blocks, val_blocks, masking, ckpt: Path, fp: str):
+def train(p: PretrainParams, model, train_blocks, val_blocks, masking, ckpt: Path, fp: str, stop=None):
     """The training loop; returns (curve, seconds, tokens seen by all processes). Each curve row is one step:
-    step, train_loss (that step's global batch), lr, and val_loss at validation steps. train_blocks: see blocks_at."""
+    step, train_loss (that step's global batch), lr, seconds (training time so far, validation excluded: the clock
+    of bench.pretrain_quality), and val_loss at validation steps. train_blocks: see blocks_at. `stop(row)`, if given
+    (one process only), is asked after each validation whether to end the run there (a bench's target reached)."""
     import torch.distributed as dist
 
     rank, world = distributed()
@@ -376,15 +409,14 @@ def train(p: PretrainParams, model, train_blocks, val_blocks, masking, ckpt: Pat
         raise ParamsError(f"pretrain.batch_size: {p.batch_size} blocks do not split over {world} processes")
     dev, causal, shard = device(), masking is None, p.batch_size // world
     model.to(dev).train()
-    opt = make_optimizer(model, p.lr, p.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_cosine(s, p.warmup_steps, p.max_steps, p.min_lr_ratio)
-    )
+    opt = make_optimizer(model, p.lr, p.weight_decay, p.optimizer)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(p))
     info = load_checkpoint(ckpt, model, opt, sched, fp) if p.checkpoint_every else None
     start, curve = (info["step"], info["curve"]) if info else (0, [])
     loss_fn = TokenLoss(model, causal)
     ddp = torch.nn.parallel.DistributedDataParallel(loss_fn) if world > 1 else loss_fn
     t0, tokens, pending = time.perf_counter(), 0, []
+    clock, validating = (curve[-1].get("seconds", 0.0) if curve else 0.0), 0.0  # training s before t0; validation s
     for step in range(start, p.max_steps):
         micro_batches = []
         for micro in range(p.grad_accum):  # the global batch of this step and its targets, on every rank
@@ -408,16 +440,21 @@ def train(p: PretrainParams, model, train_blocks, val_blocks, masking, ckpt: Pat
         opt.zero_grad(set_to_none=True)
         if world > 1:
             dist.all_reduce(step_loss)  # the global batch's loss, for the curve
-        pending.append({"step": step + 1, "train_loss": step_loss, "lr": sched.get_last_lr()[0]})
+        seconds = clock + time.perf_counter() - t0 - validating
+        pending.append({"step": step + 1, "train_loss": step_loss, "lr": sched.get_last_lr()[0], "seconds": seconds})
         done = step + 1
         if done % p.eval_every == 0 or done == p.max_steps:
             curve += [{**row, "train_loss": row["train_loss"].item()} for row in pending]  # one sync per eval
             pending = []
             if rank == 0:
+                start_val = time.perf_counter()
                 curve[-1]["val_loss"] = lm_loss(model, val_blocks, p.batch_size, dev, p.eval_batches, masking)
+                validating += time.perf_counter() - start_val
                 row = curve[-1]
                 print(f"step {done}/{p.max_steps}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
                       f"{tokens / (time.perf_counter() - t0):,.0f} tok/s", flush=True)  # fmt: skip
+                if stop is not None and world == 1 and stop(row):
+                    break
         if p.checkpoint_every and done % p.checkpoint_every == 0 and done < p.max_steps and rank == 0:
             flushed = curve + [{**row, "train_loss": row["train_loss"].item()} for row in pending]
             save_checkpoint(ckpt, model, opt, sched, done, fp, {"curve": flushed})

@@ -1,5 +1,5 @@
-"""Leaf helpers for the training stages (pretrain, translate, finetune): schedule, checkpoints, batching, and the
-one resolution of a checkpoint spec (package:, local folder, hub name) that finetune, pretrain and tokenize share.
+"""Leaf helpers for the training stages (pretrain, translate, finetune): schedules, Muon, checkpoints, batching, and
+the one resolution of a checkpoint spec (package:, local folder, hub name) that finetune, pretrain and tokenize share.
 
 No training loop lives here: each stage keeps its own loop, readable top to bottom (STYLE.md 7).
 
@@ -51,6 +51,83 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.1) ->
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def warmup_stable_decay(step: int, warmup: int, total: int, decay_fraction: float, min_ratio: float = 0.1) -> float:
+    """LR multiplier: linear warmup to 1, flat, then linear decay to min_ratio over the last decay_fraction of `total`
+    (WSD: the flat phase learns at the full rate for longer than a cosine does; the short decay then cashes it in).
+
+    warmup_stable_decay(0, 10, 100, 0.2) -> 0.1; (50, 10, 100, 0.2) -> 1.0; (90, ...) -> 0.55; (100, ...) -> 0.1
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    decay_start = max(warmup, total - round(decay_fraction * total))
+    progress = min(1.0, max(0, step - decay_start) / max(1, total - decay_start))
+    return 1 - (1 - min_ratio) * progress
+
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic: the steepest slope at 0 that still lands near 1
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """g (m, n) made nearly orthogonal: U S' V^T for g's SVD U S V^T, S' within about [0.7, 1.2] (Muon's quintic
+    Newton-Schulz iteration, Jordan et al. 2024). float32: a CPU without bf16 matmul units (AVX2) ran
+    torch.optim.Muon's bf16 iteration 35x slower than this one."""
+    a, b, c = NS_COEFFICIENTS
+    tall = g.shape[0] > g.shape[1]
+    x = g.T if tall else g  # (m, n), m <= n: the Gram matrix is the small one
+    x = x / (x.norm() + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.T  # (m, m)
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for the groups marked `muon: True` (the blocks' weight matrices), AdamW for the others (embeddings, norms,
+    biases), as one optimizer: one schedule and one state_dict, so a checkpoint resumes it bitwise.
+
+    Muon: Nesterov momentum, orthogonalised by newton_schulz, scaled by 0.2 sqrt(max(rows, cols)) so its update has
+    AdamW's RMS (Moonshot's "match_rms_adamw"): one `lr` serves both kinds of group. Decoupled weight decay in both.
+    """
+
+    def __init__(self, groups, lr: float, momentum: float = 0.95, betas=(0.9, 0.95), eps: float = 1e-8,
+                 ns_steps: int = 5):  # fmt: skip
+        super().__init__(groups, {"lr": lr, "weight_decay": 0.0, "muon": False, "momentum": momentum,
+                                  "betas": betas, "eps": eps, "ns_steps": ns_steps})  # fmt: skip
+        for group in self.param_groups:
+            if group["muon"] and any(p.dim() != 2 for p in group["params"]):
+                raise ValueError("Muon: a muon group holds 2-D matrices only")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in (p for p in group["params"] if p.grad is not None):
+                p.mul_(1 - lr * wd)
+                if group["muon"]:
+                    self._muon(p, lr, group["momentum"], group["ns_steps"])
+                else:
+                    self._adamw(p, lr, *group["betas"], group["eps"])
+
+    def _muon(self, p, lr: float, momentum: float, ns_steps: int) -> None:
+        state = self.state[p]
+        if not state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+        buf = state["momentum_buffer"]
+        buf.lerp_(p.grad, 1 - momentum)
+        update = newton_schulz(p.grad.lerp(buf, momentum), ns_steps)  # Nesterov: the gradient pulled toward buf
+        p.add_(update, alpha=-lr * 0.2 * max(p.shape) ** 0.5)
+
+    def _adamw(self, p, lr: float, beta1: float, beta2: float, eps: float) -> None:
+        state = self.state[p]
+        if not state:
+            state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        state["step"] += 1
+        m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+        m.lerp_(p.grad, 1 - beta1)
+        v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+        p.addcdiv_(m, (v / (1 - beta2**t)).sqrt_().add_(eps), value=-lr / (1 - beta1**t))
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:

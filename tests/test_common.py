@@ -59,7 +59,8 @@ def test_out_of_range_values_are_refused(tmp_path, cls, section, message):
         tmp_path,
         """
 pretrain: {objective: causal, init: scratch, mlm_probability: 0.15, seed: 0, n_layer: 1, n_embd: 8, n_head: 1,
-           dropout: 0, lr: -0.1, min_lr_ratio: 0.1, warmup_steps: 1,
+           dropout: 0, optimizer: adamw, lr: -0.1, schedule: cosine, decay_fraction: 0.2, min_lr_ratio: 0.1,
+           warmup_steps: 1,
            max_steps: 1, batch_size: 1, grad_accum: 1, weight_decay: 0, grad_clip: 1, eval_every: 1, eval_batches: 1,
            checkpoint_every: 0}
 run: {init: pretrained, method: lora, lr_scale: 1, augmented: false,

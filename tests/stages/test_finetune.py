@@ -27,8 +27,10 @@ from stages.finetune import (
     RunParams,
     TrainParams,
     build_classifier,
+    classifier_info,
     load_classifier,
     predict,
+    save_classifier,
 )
 from stages.finetune import run as finetune_run
 from stages.ingest import LABELS
@@ -96,6 +98,27 @@ def test_pretrained_init_loads_the_body_and_scratch_does_not(workspace):
     w = lm.transformer.h[0].attn.c_attn.weight
     assert torch.equal(pre.body.h[0].attn.c_attn.weight, w)
     assert not torch.equal(scratch.body.h[0].attn.c_attn.weight, w)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "mean_last"])
+def test_pooling_reads_the_verse_and_ignores_padding(workspace, tmp_path, pooling):
+    """mean averages the real tokens, last takes the last real one, mean_last both side by side (a 2H-wide head); the
+    pads right of a verse change nothing, and a saved classifier reloads with its pooling."""
+    t, runs = params()
+    clf = build_classifier(runs["full"], workspace / "pretrained", 7, dataclasses.replace(t, pooling=pooling)).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 1, 1], [9, 10, 11, 12, 13, 14]])  # (B, T): the first verse padded with id 1
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    h = clf.body(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+    mean = torch.stack([h[0, :4].mean(0), h[1].mean(0)])
+    last = torch.stack([h[0, 3], h[1, 5]])
+    pooled = {"mean": mean, "last": last, "mean_last": torch.cat([mean, last], -1)}[pooling]
+    logits = clf(input_ids=ids, attention_mask=mask).logits
+    assert clf.head.in_features == h.shape[-1] * (2 if pooling == "mean_last" else 1)
+    assert torch.allclose(logits, clf.head(pooled), atol=1e-5)
+    alone = clf(input_ids=ids[:1, :4], attention_mask=mask[:1, :4]).logits  # the same verse without its pads
+    assert torch.allclose(logits[:1], alone, atol=1e-5)
+    save_classifier(clf, tmp_path, classifier_info(runs["full"], LABELS, pooling, workspace / "pretrained"))
+    assert torch.allclose(load_classifier(tmp_path)(input_ids=ids, attention_mask=mask).logits, logits, atol=1e-6)
 
 
 def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):

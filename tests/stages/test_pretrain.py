@@ -1,5 +1,5 @@
-"""pretrain: the schedule, the seeded data order and masks, both objectives end to end, and a kill -9 resume that ends
-with the same weights."""
+"""pretrain: the schedules, Muon, the seeded data order and masks, both objectives end to end, and a kill -9 resume
+that ends with the same weights (AdamW with a cosine, Muon with warmup-stable-decay)."""
 
 import dataclasses
 import math
@@ -19,7 +19,7 @@ from datasets import Dataset, DatasetDict
 from stages.ingest import read_raw
 from stages.pretrain import LinearCrossEntropy, Masking, blocks_at, mask_tokens, token_loss
 from stages.tokenize import pack, train_tokenizer
-from stages.training import batch_indices, warmup_cosine
+from stages.training import Muon, batch_indices, newton_schulz, warmup_cosine, warmup_stable_decay
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +29,64 @@ def test_warmup_cosine_textbook_values():
     assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
     assert warmup_cosine(55, 10, 100) == pytest.approx(0.55)  # halfway down the cosine: (1 + 0.1) / 2
     assert warmup_cosine(100, 10, 100) == pytest.approx(0.1)
+
+
+def test_warmup_stable_decay_textbook_values():
+    assert warmup_stable_decay(0, 10, 100, 0.2) == pytest.approx(0.1)  # warmup: (step + 1) / 10
+    assert warmup_stable_decay(9, 10, 100, 0.2) == pytest.approx(1.0)
+    assert warmup_stable_decay(50, 10, 100, 0.2) == warmup_stable_decay(80, 10, 100, 0.2) == 1.0  # flat to step 80
+    assert warmup_stable_decay(90, 10, 100, 0.2) == pytest.approx(0.55)  # halfway down the line: (1 + 0.1) / 2
+    assert warmup_stable_decay(100, 10, 100, 0.2) == pytest.approx(0.1)
+    assert warmup_stable_decay(100, 10, 100, 0.2, min_ratio=0.0) == 0.0
+    assert warmup_stable_decay(10, 10, 100, 1.0) == pytest.approx(1.0)  # decay_fraction 1: from the end of warmup
+    assert warmup_stable_decay(55, 10, 100, 1.0) == pytest.approx(0.55)
+
+
+@pytest.mark.parametrize("shape", [(64, 192), (192, 64)])
+def test_newton_schulz_orthogonalises(shape):
+    torch.manual_seed(0)
+    g = torch.randn(shape) * torch.logspace(-2, 0, shape[1])  # columns scaled over two decades
+    s = torch.linalg.svdvals(newton_schulz(g))
+    assert newton_schulz(g).shape == shape and s.min() > 0.6 and s.max() < 1.25  # ~1, whatever g's spread
+    assert torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 10
+
+
+def test_muon_step_is_orthogonal_and_adamw_steps_as_torchs():
+    torch.manual_seed(0)
+    w, b = torch.nn.Parameter(torch.randn(32, 96)), torch.nn.Parameter(torch.randn(96))  # (in, out) as GPT-2's Conv1D
+    ref = torch.nn.Parameter(b.detach().clone())
+    opt = Muon([{"params": [w], "muon": True, "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.1}], lr=0.01)
+    torch_adamw = torch.optim.AdamW([ref], lr=0.01, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, foreach=False)
+    for _ in range(3):
+        before = w.detach().clone()
+        w.grad, b.grad = torch.randn(32, 96), torch.randn(96)
+        ref.grad = b.grad.clone()
+        opt.step()
+        torch_adamw.step()
+        update = (before * (1 - 0.01 * 0.1) - w.detach()) / (0.01 * 0.2 * 96**0.5)  # decay, then lr x RMS scale
+        s = torch.linalg.svdvals(update)
+        assert s.min() > 0.6 and s.max() < 1.25  # the update is (nearly) orthogonal, whatever the gradient
+        assert torch.allclose(b, ref, atol=1e-6)  # the rest is AdamW
+    with pytest.raises(ValueError, match="2-D"):
+        Muon([{"params": [b], "muon": True}], lr=0.01)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("optimizer", "sgd", "pretrain.optimizer: expected adamw or muon"),
+    ("schedule", "linear", "pretrain.schedule: expected cosine or wsd"),
+    ("decay_fraction", 0.0, r"pretrain.decay_fraction: must be in \(0, 1\]"),
+])  # fmt: skip
+def test_recipe_params_fail_naming_the_key(tmp_path, key, value, message):
+    import yaml
+
+    from stages.common import ParamsError, load_params
+    from stages.pretrain import PretrainParams
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["pretrain"][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match=message):
+        load_params("pretrain", PretrainParams, tmp_path / "params.yaml")
 
 
 def test_batches_are_a_function_of_seed_and_step():
@@ -128,27 +186,29 @@ DRIVER = textwrap.dedent(
     from pathlib import Path
     from stages.common import load_params
     from stages.pretrain import PretrainParams, run
-    root, out, objective = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    root, out, objective, optimizer, schedule = Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:]
     p = dataclasses.replace(load_params("pretrain", PretrainParams), objective=objective, n_layer=2,
         n_embd=32, n_head=2, dropout=0.1, max_steps=150, warmup_steps=5, batch_size=4, eval_every=50, eval_batches=1,
-        checkpoint_every=5)
+        checkpoint_every=5, optimizer=optimizer, schedule=schedule)
     run(p, blocks=root / "blocks", tokenizer_dir=root / "tokenizer", out=out / "model", metrics_path=out / "m.json",
         live_dir=out / "live", ckpt=out / "ckpt")
     """
 )
 
 
-def start(blocks_dir, out, objective):
-    return subprocess.Popen([sys.executable, "-c", DRIVER, str(blocks_dir), str(out), objective], cwd=ROOT,
+def start(blocks_dir, out, objective, recipe):
+    return subprocess.Popen([sys.executable, "-c", DRIVER, str(blocks_dir), str(out), objective, *recipe], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
-@pytest.mark.parametrize("objective", ["causal", "masked"])
-def test_killed_run_resumes_to_identical_weights(blocks_dir, tmp_path, objective):
-    straight = start(blocks_dir, tmp_path / "straight", objective)
+@pytest.mark.parametrize(("objective", "recipe"), [
+    ("causal", ("adamw", "cosine")), ("masked", ("adamw", "cosine")), ("causal", ("muon", "wsd")),
+], ids=["causal-adamw-cosine", "masked-adamw-cosine", "causal-muon-wsd"])  # fmt: skip
+def test_killed_run_resumes_to_identical_weights(blocks_dir, tmp_path, objective, recipe):
+    straight = start(blocks_dir, tmp_path / "straight", objective, recipe)
     assert straight.wait() == 0, straight.stdout.read()
 
-    killed = start(blocks_dir, tmp_path / "killed", objective)
+    killed = start(blocks_dir, tmp_path / "killed", objective, recipe)
     deadline = time.time() + 120
     while not (tmp_path / "killed/ckpt/checkpoint.json").exists():
         assert killed.poll() is None and time.time() < deadline, "finished before a checkpoint could be killed"
@@ -158,7 +218,7 @@ def test_killed_run_resumes_to_identical_weights(blocks_dir, tmp_path, objective
     killed.wait()
     assert not (tmp_path / "killed/model").exists()  # nothing half-written was left as the output
 
-    resumed = start(blocks_dir, tmp_path / "killed", objective)
+    resumed = start(blocks_dir, tmp_path / "killed", objective, recipe)
     log = resumed.communicate()[0]
     assert resumed.returncode == 0, log
     assert "resuming at step" in log
