@@ -1,4 +1,4 @@
-"""The README's Prefect UI screenshot, made end to end: a Prefect server (UI on), a flow run, headless Chromium.
+"""docs/prefect.md's Prefect UI screenshot, end to end: a Prefect server (UI on), a flow run, headless Chromium.
 
     python -m scripts.screenshot                       # the tiny pipeline (tests' TINY config), ~4 min on 2 cores
     python -m scripts.screenshot --project .           # this checkout's own pipeline instead

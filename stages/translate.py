@@ -21,8 +21,8 @@ run resumes where it stopped, and are deleted once the models are written. The d
 on an idle 2-core CPU (1400 steps per direction, ~13 it/s) to BLEU ~13 (en-es) and ~16 (es-en) on the held-out
 chapters: rough. A round trip keeps a verse's topic and names, which is what back-translation feeds the classifier,
 but seldom reads as English, and most sampled paraphrases loop (augment drops those). Quality is bought with steps:
-max_steps 4200 reached BLEU 20.1 / 25.1 and round-trip chrF 48.6 (36.0 at 1400) in 688 s of training (README
-"Back-translation: the gate and the translators").
+max_steps 4200 reached BLEU 20.1 / 25.1 and round-trip chrF 48.6 (36.0 at 1400) in 688 s of training
+(docs/back-translation.md).
 
 Both systems are scored on every held-out pair (`eval_pairs: 0`) against the Reina-Valera 1909 (Spanish) and the
 World English Bible; a round trip is scored against the English it started from. Apertium is not run when it is not
