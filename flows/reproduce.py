@@ -156,9 +156,35 @@ def compare_metrics(checkout: Path, sha: str, tolerance: float) -> tuple[list[Mi
     return mismatches, compared, skipped
 
 
+def version_drift(lock: str) -> list[str]:
+    """Packages whose installed version differs from the one requirements.lock pins (or that are not installed):
+    the revision's numbers were made with the pinned ones, so a difference may explain a mismatch."""
+    import importlib.metadata as md
+    import re
+
+    drift = []
+    for name, version in re.findall(r"^([A-Za-z0-9_.\-]+)==([^\s\\;]+)", lock, re.M):
+        try:
+            installed = md.version(name)
+        except md.PackageNotFoundError:
+            installed = "not installed"
+        if installed != version:
+            drift.append(f"{name}: the commit pins {version}, installed {installed}")
+    return drift
+
+
+def locked_versions(root: Path, sha: str) -> str:
+    """requirements.lock as committed at `sha` ("" where that commit has none)."""
+    try:
+        return git(root, "show", f"{sha}:requirements.lock")
+    except RuntimeError:
+        return ""
+
+
 def report(
-    sha: str, stages: dict[str, str], mismatches: list[Mismatch], compared: list[str], skipped: list[str]
-) -> str:
+    sha: str, stages: dict[str, str], mismatches: list[Mismatch], compared: list[str], skipped: list[str],
+    drift: list[str] = (),
+) -> str:  # fmt: skip
     """The run's markdown summary (published as the `reproduction` artifact)."""
     verdict = "reproduced: metrics match" if not mismatches else f"NOT reproduced: {len(mismatches)} metric(s) differ"
     lines = [f"# {sha[:12]}: {verdict}", "", "| stage | verdict |", "|---|---|"]
@@ -169,6 +195,9 @@ def report(
     if mismatches:
         lines += ["", "| file | key | committed | reproduced |", "|---|---|---|---|"]
         lines += [f"| {m.path} | {m.key} | {m.committed!r} | {m.reproduced!r} |" for m in mismatches]
+    if drift:
+        lines += ["", f"Installed versions that differ from the commit's requirements.lock ({len(drift)}):", ""]
+        lines += [f"- {d}" for d in drift]
     return "\n".join(lines) + "\n"
 
 
@@ -180,11 +209,15 @@ def reproduce(rev: str, root: Path | None = None, tolerance: float = 1e-6, force
     """
     root = (root or Path.cwd()).resolve()
     sha = git(root, "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
-    get_run_logger().info("reproducing %s (%s)", rev, sha)
+    logger = get_run_logger()
+    logger.info("reproducing %s (%s)", rev, sha)
+    if drift := version_drift(locked_versions(root, sha)):
+        logger.warning("installed versions differ from %s's requirements.lock (%d): %s; `make setup` at that commit "
+                       "installs its own", sha[:12], len(drift), "; ".join(drift[:10]))  # fmt: skip
     with revision_worktree(root, sha) as checkout:
         stages = pipeline(root=checkout, force=force)
         mismatches, compared, skipped = compare_metrics(checkout, sha, tolerance)
-    create_markdown_artifact(report(sha, stages, mismatches, compared, skipped), key="reproduction")
+    create_markdown_artifact(report(sha, stages, mismatches, compared, skipped, drift), key="reproduction")
     if mismatches:
         lines = "\n".join(str(m) for m in mismatches)
         raise MetricsMismatch(f"{rev} ({sha[:12]}) did not reproduce, tolerance {tolerance:g}:\n{lines}")

@@ -84,3 +84,18 @@ def test_compare_ignores_measurements_and_honours_the_tolerance() -> None:
     assert compare("m.json", {"ok": True}, {"ok": 1}, tolerance=0.5) == [Mismatch("m.json", "ok", True, 1)]
     cold, warm = ({"translation_cache": {"pivot": {"hits": h, "misses": 224 - h}}} for h in (0, 224))
     assert compare("augment.json", flatten(cold), flatten(warm), tolerance=1e-6) == []  # inside a measurement
+
+
+def test_installed_versions_that_differ_from_the_commits_lock_are_listed() -> None:
+    import importlib.metadata as md
+
+    from flows.reproduce import report, version_drift
+
+    pyyaml = md.version("pyyaml")
+    lock = f"pyyaml=={pyyaml} \\\n    --hash=sha256:x\nprefect==0.0.1 \\\n    --hash=sha256:y\nno-such-package==1.0\n"
+    drift = version_drift(lock)
+    assert drift == [f"prefect: the commit pins 0.0.1, installed {md.version('prefect')}",
+                     "no-such-package: the commit pins 1.0, installed not installed"]  # fmt: skip
+    text = report("a" * 40, {}, [], [], [], drift)
+    assert "Installed versions that differ from the commit's requirements.lock (2):" in text
+    assert version_drift("") == []  # a commit from before the lock: nothing to compare
