@@ -8,6 +8,7 @@ stage runs) with a fingerprint of the params and inputs; a rerun resumes only fr
 fingerprint matches, and the folder is removed once the stage has written its output.
 """
 
+import contextlib
 import hashlib
 import json
 import math
@@ -20,7 +21,25 @@ import torch
 CHECKPOINTS = Path("checkpoints")
 
 
+_RUNTIME: dict = {}  # a bench's override of device() and of autocast's bf16 (bench.gpu); stages never set it
+
+
+@contextlib.contextmanager
+def runtime(device: str | None = None, bf16: bool | None = None):
+    """Run the stages' own loops on `device` with bf16 autocast on or off, whatever the machine would pick: a
+    bench compares fp32 and bf16 on a GPU against the CPU with the same code. Stages themselves never call it."""
+    saved = dict(_RUNTIME)
+    _RUNTIME.update({k: v for k, v in (("device", device), ("bf16", bf16)) if v is not None})
+    try:
+        yield
+    finally:
+        _RUNTIME.clear()
+        _RUNTIME.update(saved)
+
+
 def device() -> torch.device:
+    if "device" in _RUNTIME:
+        return torch.device(_RUNTIME["device"])
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -37,8 +56,8 @@ def distributed() -> tuple[int, int]:
 
 
 def autocast(dev: torch.device):
-    """bf16 autocast on a GPU that has it; full fp32 on the CPU (bitwise-reproducible)."""
-    enabled = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    """bf16 autocast on a GPU that has it; full fp32 on the CPU (bitwise-reproducible); runtime() may say otherwise."""
+    enabled = _RUNTIME.get("bf16", dev.type == "cuda" and torch.cuda.is_bf16_supported())
     return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=enabled)
 
 
