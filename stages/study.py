@@ -13,8 +13,8 @@ Writes metrics/study.json                 every measurement with its 95% interva
 
 At each size n of `study.draws`, draw d (d = 0 .. draws[n] - 1) samples n verses per class afresh from the pool,
 seeded by d, and seeds training with d; the draws are nested (draw d's 8 verses are among its 32). Every run of
-`study.runs` and `study.baselines` trains on each draw; at `study.augmented_sizes` the runs of
-`study.augmented_runs` also train on the draw plus its back-translated paraphrases (<run>_bt). Forgetting:
+`study.runs` and `study.baselines` trains on each draw; each run of `study.augmented` also trains, at the sizes it
+lists, on the draw plus its back-translated paraphrases (<run>_bt). Forgetting:
 `study.forgetting_run` at the default size (the pipeline's train_per_class) at each of `forgetting_lr_scales`, and
 the validation perplexity of the pre-training objective of its fine-tuned body. Early stopping and the baselines'
 choices see the validation split only; the test split is only scored. Intervals resample test chapters and draws
@@ -63,8 +63,7 @@ class StudyParams:
     draws: dict[int, int]  # labeled verses per class -> labeled draws at that size
     runs: list[str]  # finetune.runs keys trained on every draw
     baselines: list[str]  # baseline.runs keys (not augmented) fitted on every draw
-    augmented_runs: list[str]  # of runs + baselines: also trained with the draw's paraphrases (<run>_bt) ...
-    augmented_sizes: list[int]  # ... at these sizes
+    augmented: dict[str, list[int]]  # run or baseline -> the sizes it also trains at with the paraphrases (<run>_bt)
     forgetting_run: str  # a finetune.runs key with init pretrained
     forgetting_lr_scales: list[float]  # its learning rate, as a multiple of pre-training's
     forgetting_draws: int  # draws of the default size it is trained on at each rate
@@ -80,10 +79,10 @@ class StudyParams:
             yield f"checkpoint_runs: {both} are in study.runs too; a checkpoint run belongs in checkpoint_runs only"
         if not self.draws or min(self.draws) < 1 or min(self.draws.values()) < 1:
             yield f"draws: {{verses per class: draws}}, each >= 1, got {self.draws}"
-        if unknown := [r for r in self.augmented_runs if r not in [*self.runs, *self.baselines]]:
-            yield f"augmented_runs: {unknown} are not in study.runs or study.baselines"
-        if unknown := [n for n in self.augmented_sizes if n not in self.draws]:
-            yield f"augmented_sizes: {unknown} are not sizes of study.draws"
+        if unknown := [r for r in self.augmented if r not in [*self.runs, *self.baselines]]:
+            yield f"augmented: {unknown} are not in study.runs or study.baselines"
+        if unknown := sorted({n for sizes in self.augmented.values() for n in sizes} - set(self.draws)):
+            yield f"augmented: sizes {unknown} are not sizes of study.draws"
         if any(s <= 0 for s in self.forgetting_lr_scales):
             yield f"forgetting_lr_scales: each > 0, got {self.forgetting_lr_scales}"
         if self.forgetting_draws < 1:
@@ -521,16 +520,16 @@ def back_translations(x: Inputs, rows: list[int]) -> tuple[dict, dict]:
 
 def plan(p: StudyParams, runs: dict, baselines: dict, default: int) -> list[Cell]:
     """The study's cells: every run and baseline on every draw of every size (checkpoint runs and SetFit at
-    checkpoint_sizes only); the augmented ones at augmented_sizes; forgetting_run at the other rates on the first
-    forgetting_draws draws of the default size."""
+    checkpoint_sizes only); the augmented ones at the sizes study.augmented gives; forgetting_run at the other rates
+    on the first forgetting_draws draws of the default size."""
     cells = []
     for n in sorted(p.draws):
         for d in range(p.draws[n]):
-            bt = n in p.augmented_sizes
+            bt = {r for r, sizes in p.augmented.items() if n in sizes}  # augmented at this size
             for name in p.runs:
                 ppl = name == p.forgetting_run and n == default and d < p.forgetting_draws
                 cells.append(Cell(name, n, d, lr_scale=runs[name].lr_scale, perplexity=ppl))
-                if bt and name in p.augmented_runs:
+                if name in bt:
                     cells.append(Cell(name, n, d, lr_scale=runs[name].lr_scale, augmented=True))
             for name in p.checkpoint_runs if n in p.checkpoint_sizes else []:
                 cells.append(Cell(name, n, d, lr_scale=1.0))  # their own lr, as Inputs.base_lr
@@ -538,7 +537,7 @@ def plan(p: StudyParams, runs: dict, baselines: dict, default: int) -> list[Cell
                 if baselines[b].setfit and n not in p.checkpoint_sizes:
                     continue
                 cells.append(Cell(b, n, d, neural=False))
-                if bt and b in p.augmented_runs:
+                if b in bt:
                     cells.append(Cell(b, n, d, neural=False, augmented=True))
     if default in p.draws and p.forgetting_run in p.runs:
         for scale in sorted(set(p.forgetting_lr_scales) - {runs[p.forgetting_run].lr_scale}):
@@ -589,7 +588,7 @@ def run(p: StudyParams) -> dict:
     info = {name: {"init": r.init, "augmented": False, "method": r.method} for name, r in runs.items()
             if name in [*p.runs, *p.checkpoint_runs]}  # fmt: skip
     info |= {b: {"init": "none", "augmented": False, "method": baseline_method(baselines[b])} for b in p.baselines}
-    info |= {f"{r}_bt": {**info[r], "augmented": True} for r in p.augmented_runs}
+    info |= {f"{r}_bt": {**info[r], "augmented": True} for r in p.augmented}
     boot = Bootstrap(list(zip(x.test["book"], x.test["chapter"], strict=True)), ep.replicates, ep.seed)
     refs, k = x.test["label"], len(x.labels)
     sizes = sorted(p.draws)
@@ -605,11 +604,11 @@ def run(p: StudyParams) -> dict:
                                          "gain": gap(by_cell, (f"{name}_bt", n), (name, n), refs, boot),
                                          "paraphrases": statistics.fmean(r["paraphrases"]
                                                                          for r in by_cell[(f"{name}_bt", n)])}
-                                for n in p.augmented_sizes if (f"{name}_bt", n) in by_cell}
-                         for name in p.augmented_runs},
+                                for n in sizes if (f"{name}_bt", n) in by_cell}
+                         for name, sizes in p.augmented.items()},
         "claims": size_claims(by_cell, info, sizes, refs, boot),
         "forgetting": forgetting(forgetting_cells, x, refs, boot, k) if len(forgetting_cells) > 1 else None,
-        "translation": translation or ({"skipped": "no verse to back-translate"} if p.augmented_runs else None),
+        "translation": translation or ({"skipped": "no verse to back-translate"} if p.augmented else None),
         "cell_seconds": round(sum(r["seconds"] for r in results), 1),
     }  # fmt: skip
     result["seconds"] = round(time.perf_counter() - start, 1)

@@ -117,7 +117,7 @@ def test_study_runs_as_its_own_dvc_target_and_reports_every_cell(tiny_project, t
     project = tmp_path / "p"
     shutil.copytree(tiny_project, project, symlinks=True)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["study"].update(draws={2: 2, 8: 2}, augmented_sizes=[2], augmented_runs=["full", "tfidf"],
+    params["study"].update(draws={2: 2, 8: 2}, augmented={"full": [2], "tfidf": [2]},
                            forgetting_lr_scales=[1.0, 0.1], forgetting_draws=1, checkpoint_sizes=[8])  # fmt: skip
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "study" not in run(["dvc", "repro"], project).stdout  # the main pipeline does not run it
