@@ -66,7 +66,7 @@ import torch
 
 from stages import apertium
 from stages.clean import STOPWORDS
-from stages.common import atomic_dir, covered_by_deps, fail, is_local, load_params, meta, write_json
+from stages.common import atomic_dir, covered_by_deps, fail, is_local, load_params, meta, write_json, write_text
 
 TASK = Path("data/1_ingest/task")
 MODELS = Path("models/5_translate")
@@ -653,16 +653,38 @@ def paraphrase(
     return kept, dropped, stats
 
 
+def report(metrics: dict, samples: list[dict], p: AugmentParams) -> str:
+    """reports/augment.md: what the gate kept and dropped, per reason and pivot, and the seeded random kept pairs."""
+    drops = ", ".join(f"{reason} {n}" for reason, n in metrics["drops"].items()) or "none"
+    pivots = ", ".join(f"{pivot} {n}" for pivot, n in metrics.get("kept_per_pivot", {}).items())
+    rows = ["| pivot | verse | paraphrase | chrF |", "|---|---|---|---|"]
+    rows += [f"| {s['pivot']} | {cell(s['source_text'])} | {cell(s['text'])} | {s['chrf']:.1f} |" for s in samples]
+    return "\n".join([
+        "# Back-translation", "",
+        f"Produced by `python -m stages.augment` (`dvc repro`); numbers from metrics/augment.json. Translators: "
+        f"{p.translators if isinstance(p.translators, str) else 'the checkpoints of augment.translators'}.", "",
+        f"- Verses: {metrics['sources']}; paraphrases generated: {metrics['generated']}; kept: {metrics['kept']}.",
+        f"- Dropped, per reason: {drops}.", *([f"- Kept, per pivot: {pivots}."] if pivots else []), "",
+        f"## {len(samples)} kept pairs, drawn at random (seed augment.seed = {p.seed})", "", *rows, "",
+    ])  # fmt: skip
+
+
+def cell(text: str) -> str:
+    """Text for a markdown table cell: pipes escaped, on one line."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def run(
     p: AugmentParams, task: Path = TASK, models: Path = MODELS, out: Path = OUT, metrics_path: Path = METRICS,
-    cache: Path | None = CACHE, pretrain: Path = PRETRAIN,
+    cache: Path | None = CACHE, pretrain: Path = PRETRAIN, report_path: Path | None = None,
 ) -> dict:  # fmt: skip
     from datasets import Dataset, load_from_disk
 
     if p.threads:
         torch.set_num_threads(p.threads)
     if p.translators == "pipeline" and (reason := translate_skipped(models)):
-        return skip(f"{reason}, and augment.translators is pipeline: no back-translation", p, task, out, metrics_path)
+        why = f"{reason}, and augment.translators is pipeline: no back-translation"
+        return skip(why, p, task, out, metrics_path, report_path)
     require_translators(p, models)  # before any work
     train = load_from_disk(str(task))["train"]
     kept, dropped, stats = paraphrase(train.to_list(), p, cache, models, pretrain)
@@ -684,6 +706,8 @@ def run(
                 f.write(json.dumps({**row, "label": label.int2str(row["label"])}, ensure_ascii=False) + "\n")
         write_json({**meta(p, **metrics), **record}, tmp / "meta.json")
     write_json(metrics, metrics_path)
+    if report_path is not None:  # the stage's (main) and a caller's that asks; tests leave reports/ alone
+        write_text(report(metrics, samples, p), report_path)
     return metrics
 
 
@@ -723,7 +747,9 @@ def translate_skipped(models: Path) -> str | None:
     return json.loads(info.read_text())["counts"].get("skipped") if info.exists() else None
 
 
-def skip(reason: str, p: AugmentParams, task: Path, out: Path, metrics_path: Path) -> dict:
+def skip(
+    reason: str, p: AugmentParams, task: Path, out: Path, metrics_path: Path, report_path: Path | None = None
+) -> dict:
     """No paraphrases: an empty dataset with the task's columns, and the reason in meta.json and the metrics."""
     from datasets import Dataset, load_from_disk
 
@@ -734,6 +760,8 @@ def skip(reason: str, p: AugmentParams, task: Path, out: Path, metrics_path: Pat
         (tmp / "samples.jsonl").write_text("")
         write_json(meta(p, **metrics), tmp / "meta.json")
     write_json(metrics, metrics_path)
+    if report_path is not None:
+        write_text(f"# Back-translation\n\nSkipped: {reason}.\n", report_path)
     print(f"augment skipped: {reason}")
     return metrics
 
@@ -765,7 +793,7 @@ def main() -> None:
     p = load_params("augment", AugmentParams)
     for problem in undeclared_models(p):
         fail(problem)
-    print(json.dumps(run(p), indent=2))
+    print(json.dumps(run(p, report_path=REPORT), indent=2))
 
 
 if __name__ == "__main__":

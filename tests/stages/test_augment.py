@@ -437,8 +437,16 @@ def test_apertium_end_to_end_rerun_reads_the_cache_and_records_the_versions(tmp_
 
     task = ingested / "task"
     p = dataclasses.replace(AP, samples=4)
-    first = A.run(p, task, tmp_path / "none", tmp_path / "a", tmp_path / "a.json", cache=tmp_path / "cache")
+    first = A.run(p, task, tmp_path / "none", tmp_path / "a", tmp_path / "a.json", cache=tmp_path / "cache",
+                  report_path=tmp_path / "augment.md")  # fmt: skip
     n = len(load_from_disk(str(task))["train"])
+    report = (tmp_path / "augment.md").read_text()  # the readable report: counts, then the seeded random kept pairs
+    assert f"- Verses: {n}; paraphrases generated: {4 * n}; kept: {first['kept']}." in report
+    assert "## 4 kept pairs, drawn at random (seed augment.seed = 0)" in report
+    assert (
+        report.count("\n| spa |") + report.count("\n| cat |") + report.count("\n| glg |") + report.count("\n| epo |")
+        == 4
+    )
     assert (
         first["generated"] == 4 * n and first["kept"] > 2 * n and set(first["kept_per_pivot"]) == set(apertium.PIVOTS)
     )
