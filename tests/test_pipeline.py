@@ -48,7 +48,7 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_project):
     for out in (
         "models/4_pretrain/model.safetensors",
         "data/6_augment",
-        "models/7_finetune/lora/body/adapter_config.json",
+        "models/7_finetune/lora/adapter_config.json",
         "models/7_baseline/tfidf_bt/model.safetensors",
     ):
         assert (tiny_project / out).exists(), out
