@@ -3,13 +3,13 @@
 Reads  data/3_tokenize/task (input_ids, label; text for a checkpoint run), data/3_tokenize/tokenizer,
        models/4_pretrain, data/6_augment (back-translated paraphrases, used when the run has `augmented: true`);
        a run with `init: checkpoint` reads its checkpoint (model and tokenizer) instead of the pipeline's own
-Writes models/7_finetune/<run>   the best checkpoint on validation: head.safetensors and the body as its method
-                                 saves it (stages/methods.py): body/ (save_pretrained), body/ as a PEFT adapter,
-                                 or trained.safetensors, both loaded onto models/4_pretrain (or the run's
-                                 checkpoint); classifier.json says which; meta.json with trainable parameters and
-                                 the validation curve;
-                                 predictions.jsonl: its label for every validation and test verse (gated, then
-                                 scored by evaluate)
+Writes models/7_finetune/<run>   the best checkpoint on validation as a standard folder (specialist.classifier):
+                                 config.json + model.safetensors for AutoModelForSequenceClassification (import
+                                 specialist.classifier first), or a PEFT SEQ_CLS adapter with its base in base/;
+                                 the tokenizer (model_max_length: the body's positions); README.md, the model card
+                                 (specialist.card); meta.json with trainable parameters and the validation curve;
+                                 predictions.jsonl: its label for every validation and test verse, predicted by the
+                                 folder as saved (gated, then scored by evaluate)
        metrics/finetune/<run>.json   the same counts plus train seconds and peak memory
 
     python -m stages.finetune full        # the run name is a key of finetune.runs
@@ -42,6 +42,9 @@ from pathlib import Path
 
 import torch
 
+from specialist.card import card
+from specialist.classifier import BASE, POOLINGS, export, pool
+from specialist.classifier import load_model as load_classifier
 from stages.common import (
     ParamsError,
     atomic_dir,
@@ -89,7 +92,6 @@ OUT = Path("models/7_finetune")
 METRICS = Path("metrics/finetune")
 DVC_FILE = Path("dvc.yaml")
 INITS = ("scratch", "pretrained", "checkpoint")
-POOLINGS = ("mean", "last", "first", "mean_last")
 # the body's dropout knobs by config name, GPT-2's first: finetune.train.dropout sets those the checkpoint's config has
 DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob",
                 "dropout", "attention_dropout")  # fmt: skip
@@ -189,7 +191,9 @@ def recorded(r: RunParams) -> dict:
 
 
 class Classifier(torch.nn.Module):
-    """A pre-trained (or fresh) transformer body, pooled over tokens, and a linear head. Composed, not subclassed.
+    """A pre-trained (or fresh) transformer body, pooled over tokens, and a linear head: the model that trains.
+    Composed, not subclassed; at save time it is exported as specialist.classifier's standard model, which computes
+    the same (the pooling is one function, specialist.classifier.pool).
 
     Pooling `mean` averages the hidden states of the real (non-pad) tokens; `last` takes the last real token
     (GPT-2's own choice); `first` the first token (BERT's [CLS] position: a masked body's first token sees the whole
@@ -207,13 +211,7 @@ class Classifier(torch.nn.Module):
     def forward(self, input_ids, attention_mask, labels=None):
         h = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, P + T, H)
         h = h[:, -input_ids.shape[1] :]  # (B, T, H): the verse's positions (prompt tuning puts P virtual ones first)
-        mask = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-        mean = (h * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, H)
-        last = h[torch.arange(len(h), device=h.device), attention_mask.sum(1) - 1]  # (B, H); right padding
-        pooled = {"mean": mean, "first": h[:, 0], "last": last}.get(self.pooling)
-        if pooled is None:  # mean_last
-            pooled = torch.cat([mean, last], -1)  # (B, 2H)
-        logits = self.head(self.dropout(pooled)).float()  # (B, num_labels)
+        logits = self.head(self.dropout(pool(h, attention_mask, self.pooling))).float()  # (B, num_labels)
         loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return Output(loss, logits)
 
@@ -293,56 +291,15 @@ def undeclared_checkpoint(r: RunParams, dvc_file: Path = DVC_FILE) -> str | None
 
 
 def classifier_info(r: RunParams, labels: list[str], pooling: str, pretrained: Path) -> dict:
-    """What load_classifier needs besides the tensors: classifier.json."""
-    base = r.checkpoint if r.init == "checkpoint" else str(pretrained)  # the body an adapter loads onto
-    return {
-        "num_labels": len(labels), "labels": labels, "pooling": pooling, "method": r.method,
-        "knobs": asdict(r.knobs) if r.knobs else None,
-        "base": base if METHODS[r.method].saves != "body" else None,
-    }  # fmt: skip
+    """What export needs besides the model: labels (in id order), the method and the adapter's width."""
+    return {"labels": labels, "pooling": pooling, "method": r.method,
+            "adapter_bottleneck": r.adapter.bottleneck if r.method == "adapter" else None}  # fmt: skip
 
 
-def save_classifier(model, path: Path, info: dict) -> None:
-    """head.safetensors, the body as its method saves it, and classifier.json (info: method, knobs, base...)."""
-    from safetensors.torch import save_file
-
-    if METHODS[info["method"]].saves == "trained":
-        trained = {n: p.detach().contiguous() for n, p in model.body.named_parameters() if p.requires_grad}
-        save_file(trained, str(path / "trained.safetensors"))
-    else:
-        model.body.save_pretrained(path / "body")  # every weight, or for a PeftModel its adapter only
-        adapter = path / "body" / "adapter_config.json"
-        if adapter.exists():  # PEFT writes its target_modules set in hash order: sorted, a rerun saves the same bytes
-            config = json.loads(adapter.read_text())
-            sets = ("target_modules", "modules_to_save")
-            write_json({k: sorted(v) if k in sets and isinstance(v, list) else v for k, v in config.items()}, adapter)
-    save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(path / "head.safetensors"))
-    write_json(info, path / "classifier.json")
-
-
-def load_classifier(path: Path):
-    """A saved run, ready to predict: the inverse of save_classifier."""
-    from safetensors.torch import load_file
-
-    from stages.common import from_dict
-
-    info = json.loads((path / "classifier.json").read_text())
-    method = METHODS[info["method"]]
-    if method.saves == "body":
-        body = load_body(path / "body")
-    elif method.saves == "peft":
-        from peft import PeftModel
-
-        body = PeftModel.from_pretrained(load_body(checkpoint_source(info["base"])), path / "body")
-    else:
-        knobs = from_dict(method.knobs, info["knobs"], f"{path}/classifier.json: knobs")
-        body = method.build(load_body(checkpoint_source(info["base"])), knobs)
-        _, unexpected = body.load_state_dict(load_file(str(path / "trained.safetensors")), strict=False)
-        if unexpected:
-            raise ValueError(f"{path}/trained.safetensors: tensors the {info['method']} body lacks: {unexpected[:5]}")
-    model = Classifier(body, info["num_labels"], info["pooling"], 0.0)
-    model.head.load_state_dict(load_file(str(path / "head.safetensors")))
-    return model.eval()
+def save_classifier(model, path: Path, info: dict, base_path: str | None = None) -> None:
+    """The trained model as a standard folder (specialist.classifier.export): AutoModelForSequenceClassification, or
+    a PEFT SEQ_CLS adapter whose base lies in path/base, recorded as `base_path` (the folder's repo-relative path)."""
+    export(model, path, info["labels"], info["method"], base_path, info["adapter_bottleneck"])
 
 
 @torch.inference_mode()
@@ -484,15 +441,50 @@ def run(name: str, t: TrainParams, r: RunParams, task_dir: Path = TASK, tokenize
         "best_epoch": max(curve, key=lambda c: c["val_accuracy"])["epoch"],
         "best_val_accuracy": max(c["val_accuracy"] for c in curve), "curve": curve,
     }  # fmt: skip
-    with atomic_dir(out / name) as tmp:
-        write_predictions(model, task, tokenizer.pad_token_id, t.eval_batch_size, tmp / "predictions.jsonl")
-        save_classifier(model.cpu(), tmp, classifier_info(r, labels, t.pooling, pretrained))
+    with atomic_dir(out / name) as tmp:  # the standard folder first; the pipeline then predicts with what users load
+        save_classifier(model.cpu(), tmp, classifier_info(r, labels, t.pooling, pretrained), str(out / name / BASE))
+        tokenizer.model_max_length = min(positions - virtual, tokenizer.model_max_length)  # the text the body takes
         tokenizer.save_pretrained(tmp)
-        write_json(meta({"train": asdict(t), "run": recorded(r)}, **info), tmp / "meta.json")
+        standard = load_classifier(tmp).to(device())
+        write_predictions(standard, task, tokenizer.pad_token_id, t.eval_batch_size, tmp / "predictions.jsonl")
+        base = base_description(r, pretrained)  # meta.json keeps it for the release stage's card
+        write_json(meta({"train": asdict(t), "run": recorded(r)}, **info, base=base), tmp / "meta.json")
+        (tmp / "README.md").write_text(card(card_facts(r, t, info, task, labels, base, str(out / name))))
     summary = {k: v for k, v in info.items() if k != "curve"}
     write_json(summary, metrics_dir / f"{name}.json")  # with the measurements meta.json leaves out
     remove_checkpoint(checkpoints / name)
     return summary
+
+
+def base_description(r: RunParams, pretrained: Path) -> dict:
+    """The card's base model: {name, hub_id (a hub checkpoint's name), license (a checkpoint folder's own card's)}."""
+    if r.init != "checkpoint":
+        p = json.loads((pretrained / "meta.json").read_text())["params"]
+        what = f"{p.get('objective', 'causal')} LM, {p.get('n_layer')} layers x {p.get('n_embd')} dims"
+        if r.init == "scratch":
+            return {"name": f"random weights in the architecture of {pretrained} ({what}; no pre-training)"}
+        return {"name": f"{pretrained}, this pipeline's own pre-trained body ({what}) on the corpus below"}
+    source = Path(checkpoint_source(r.checkpoint))
+    hub = None if r.checkpoint.startswith(PACKAGE) or is_local(r.checkpoint) else r.checkpoint
+    license_ = None
+    if (source / "README.md").exists():  # a checkpoint's own card says its license
+        from huggingface_hub import ModelCard
+
+        license_ = ModelCard.load(source / "README.md").data.to_dict().get("license")
+    return {"name": f"the checkpoint {r.checkpoint}", "hub_id": hub, "license": license_}
+
+
+def card_facts(r: RunParams, t: TrainParams, info: dict, task, labels: list[str], base: dict, path: str) -> dict:
+    """What specialist.card.card needs of a run that finetune knows (no test scores: evaluate computes them; no
+    corpus or chapter counts: the release stage reads them from metrics/ingest.json)."""
+    return {
+        "run": info["run"], "method": r.method, "init": r.init, "knobs": asdict(r.knobs) if r.knobs else None,
+        "format": "peft" if METHODS[r.method].saves == "peft" else "standard", "labels": labels,
+        "pooling": t.pooling, "lr": info["lr"], "augmented": r.augmented, "base": base, "model_path": path,
+        "trainable_params": info["trainable_params"], "total_params": info["total_params"],
+        "data": {"task": {k: len(task[k]) for k in task}, "train_examples": info["train_examples"]},
+        "validation": {"accuracy": info["best_val_accuracy"], "best_epoch": info["best_epoch"]},
+    }  # fmt: skip
 
 
 def write_predictions(model, task, pad_id: int, batch_size: int, path: Path) -> None:

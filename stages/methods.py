@@ -3,9 +3,9 @@
 A builder takes the transformer body (a transformers GPT2Model; a BertModel or another AutoModel for a run with
 `init: checkpoint`) and the method's knobs (its section of the run in
 params.yaml, named like the method) and returns the body to put under the classifier, with `requires_grad` set on
-exactly what trains. The classifier's head always trains. `saves` says how finetune.save_classifier stores a run:
-`body` every weight (save_pretrained); `peft` the adapter in PEFT's format, loaded onto the base body; `trained`
-only the tensors that trained (safetensors), loaded onto the base body rebuilt by the same builder.
+exactly what trains. The classifier's head always trains. `saves` says what kind of folder a run exports
+(specialist.classifier.export): `body` and `trained` a standard save_pretrained folder with every weight (the
+adapter's Houlsby modules rebuilt from the config); `peft` a PEFT SEQ_CLS adapter on a base shipped inside.
 
 | method        | trains, besides the head                                 | knobs                         | saves   |
 |---------------|----------------------------------------------------------|-------------------------------|---------|
@@ -33,8 +33,7 @@ and `adapter` know GPT-2's blocks (body.h, ln_f, attn/mlp.c_proj) and refuse oth
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
+from specialist.classifier import insert_adapters
 from stages.common import ParamsError
 
 
@@ -102,34 +101,6 @@ class AdapterParams:
     def validate(self):
         if self.bottleneck < 1:
             yield f"bottleneck: must be >= 1, got {self.bottleneck}"
-
-
-class Adapter(torch.nn.Module):
-    """Houlsby et al. (2019) bottleneck adapter: x + up(gelu(down(x))).
-
-    `up` starts at zero, so an inserted adapter is the identity and training starts from the pre-trained model.
-    """
-
-    def __init__(self, hidden: int, bottleneck: int):
-        super().__init__()
-        self.down = torch.nn.Linear(hidden, bottleneck)
-        self.up = torch.nn.Linear(bottleneck, hidden)
-        torch.nn.init.zeros_(self.up.weight)
-        torch.nn.init.zeros_(self.up.bias)
-
-    def forward(self, x):  # (B, T, H)
-        return x + self.up(torch.nn.functional.gelu(self.down(x), approximate="tanh"))
-
-
-class Adapted(torch.nn.Module):
-    """A sublayer's output projection, then an adapter: Houlsby's place, before the residual sum."""
-
-    def __init__(self, proj: torch.nn.Module, adapter: Adapter):
-        super().__init__()
-        self.proj, self.adapter = proj, adapter
-
-    def forward(self, x):
-        return self.adapter(self.proj(x))
 
 
 def full(body, knobs: None):
@@ -215,10 +186,8 @@ def adapter(body, knobs: AdapterParams):
     """Houlsby adapters after attention and after the MLP of every block; they, the layer norms and ln_f train."""
     _gpt2_only(body, "adapter")
     body.requires_grad_(False)
-    hidden = body.config.hidden_size
+    insert_adapters(body, knobs.bottleneck)  # specialist.classifier: the exported model rebuilds them from its config
     for block in body.h:
-        block.attn.c_proj = Adapted(block.attn.c_proj, Adapter(hidden, knobs.bottleneck))
-        block.mlp.c_proj = Adapted(block.mlp.c_proj, Adapter(hidden, knobs.bottleneck))
         block.ln_1.requires_grad_(True)
         block.ln_2.requires_grad_(True)
     body.ln_f.requires_grad_(True)

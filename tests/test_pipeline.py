@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from datasets import load_from_disk
 
+from specialist.card import check
 from stages.apertium import PIVOTS
 from stages.common import MEASURED
 from tests.conftest import run
@@ -48,11 +49,13 @@ def test_repro_runs_every_stage_and_writes_every_output(tiny_project):
     for out in (
         "models/4_pretrain/model.safetensors",
         "data/6_augment",
-        "models/7_finetune/lora/body/adapter_config.json",
+        "models/7_finetune/lora/adapter_config.json",
         "models/7_baseline/tfidf_bt/model.safetensors",
     ):
         assert (tiny_project / out).exists(), out
     assert not (tiny_project / "checkpoints/pretrain").exists()
+    released = json.loads((tiny_project / "metrics/release.json").read_text())  # the best run on validation
+    assert released["released"] in runs and check((tiny_project / "models/release/README.md").read_text()) == []
     shown = run(["dvc", "metrics", "show", "--json"], tiny_project).stdout
     assert "val_perplexity" in shown and "macro_f1" in shown
 
@@ -70,7 +73,8 @@ def test_changing_a_finetune_param_reruns_only_finetune_its_gate_and_evaluate(ti
     params["finetune"]["train"]["epochs"] += 1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = stages_run(run(["dvc", "repro"], project).stdout)
-    assert set(ran) == {f"finetune@{r}" for r in params["finetune"]["runs"]} | {"gate_predictions", "evaluate"}
+    downstream = {"gate_predictions", "evaluate", "release"}
+    assert set(ran) == {f"finetune@{r}" for r in params["finetune"]["runs"]} | downstream
 
 
 def without_measurements(path):
@@ -130,5 +134,5 @@ def test_a_second_repro_while_one_runs_fails_clearly_and_harms_nothing(tiny_proj
     assert "is busy, it is being blocked by" in second.stderr and "dvc repro -f -s finetune@full" in second.stderr
     assert model_hash() == before  # the forced rerun reproduced the same model, byte for byte
     # nothing half-done: only evaluate reruns, because the run's measured seconds changed, and then all is current
-    assert set(stages_run(run(["dvc", "repro"], project).stdout)) <= {"evaluate"}
+    assert set(stages_run(run(["dvc", "repro"], project).stdout)) <= {"evaluate", "release"}
     assert stages_run(run(["dvc", "repro"], project).stdout) == []

@@ -46,7 +46,9 @@ def deployments(prefect_server: str) -> dict[str, object]:
 
 
 def test_prefect_yaml_deploys_a_paused_nightly_schedule_an_adhoc_and_a_reproduce_deployment(deployments) -> None:
-    assert set(deployments) == {"nightly", "adhoc", "any-commit"}
+    assert set(deployments) == {"nightly", "adhoc", "any-commit", "batch"}
+    assert deployments["batch"].entrypoint == "flows/predict.py:predict"
+    assert deployments["batch"].parameter_openapi_schema["required"] == ["input"]  # the UI asks for the file
     nightly, adhoc = deployments["nightly"], deployments["adhoc"]
     assert deployments["any-commit"].entrypoint == "flows/reproduce.py:reproduce"
     assert deployments["any-commit"].parameter_openapi_schema["required"] == ["rev"]  # the UI asks for it

@@ -20,11 +20,11 @@ def test_flow_reruns_what_a_finetune_change_touches_and_publishes_the_report(pre
     assert state.is_completed(), state.message
     verdicts = state.result()
     order = stage_order(root)
-    assert list(verdicts) == order and order[0] == "gate_raw" and order[-1] == "evaluate"
+    assert list(verdicts) == order and order[0] == "gate_raw" and order[-2:] == ["evaluate", "release"]
     gates = {f"gate_{g}" for g in ("raw", "ingest", "clean", "tokenize", "augment", "predictions")}
-    assert gates <= set(order) and order.index("gate_predictions") == len(order) - 2  # right before evaluate
+    assert gates <= set(order) and order.index("gate_predictions") == len(order) - 3  # right before evaluate
     rerun = {s for s, v in verdicts.items() if v == "reproduced"}
-    assert rerun == {f"finetune@{r}" for r in params["finetune"]["runs"]} | {"gate_predictions", "evaluate"}
+    assert rerun == {f"finetune@{r}" for r in params["finetune"]["runs"]} | {"gate_predictions", "evaluate", "release"}
     runs = task_runs(flow_run_id, len(order))
     assert [r.name for r in runs] == order
-    assert (Path(root) / "reports/evaluate.md").exists()
+    assert (Path(root) / "reports/evaluate.md").exists() and (Path(root) / "models/release/README.md").exists()

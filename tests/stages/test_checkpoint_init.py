@@ -121,14 +121,13 @@ def test_bert_checkpoint_fine_tunes_saves_and_reloads_to_the_same_predictions(wo
     assert info["truncated_verses"] == {"train": 1, "validation": 1, "test": 1}  # the 30-word verse, at 24 positions
     meta = json.loads((out / "meta.json").read_text())
     assert meta["params"]["run"]["checkpoint"] == str(workspace / "bert") and "lr_scale" not in meta["params"]["run"]
-    classifier = json.loads((out / "classifier.json").read_text())
     if method == "full":
         assert info["trainable_params"] == info["total_params"]
-        assert classifier["base"] is None and (out / "body/model.safetensors").exists()
+        assert json.loads((out / "config.json").read_text())["body"]["model_type"] == "bert"
     else:
         assert 0 < info["trainable_params"] < 0.5 * info["total_params"]
-        assert classifier["base"] == str(workspace / "bert")  # the adapter loads onto the checkpoint
-        assert json.loads((out / "body/adapter_config.json").read_text())["fan_in_fan_out"] is False  # nn.Linear
+        assert json.loads((out / "base/config.json").read_text())["body"]["model_type"] == "bert"  # shipped inside
+        assert json.loads((out / "adapter_config.json").read_text())["fan_in_fan_out"] is False  # nn.Linear
 
 
 def test_lora_on_bert_trains_only_adapters_and_head(workspace):

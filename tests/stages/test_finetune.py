@@ -136,8 +136,9 @@ def test_each_run_saves_in_its_format_and_evaluates(workspace, tmp_path):
         infos[name] = finetune_run(
             name, t, r, pretrained=workspace / "pretrained", augment_dir=workspace / "augment", **paths
         )
-    assert (out / "lora/body/adapter_config.json").exists() and (out / "lora/body/adapter_model.safetensors").exists()
-    assert (out / "full/body/model.safetensors").exists() and (out / "full/head.safetensors").exists()
+    assert (out / "lora/adapter_config.json").exists() and (out / "lora/adapter_model.safetensors").exists()
+    assert (out / "lora/base/model.safetensors").exists() and (out / "full/model.safetensors").exists()
+    assert (out / "full/README.md").exists() and (out / "lora/README.md").exists()
     assert infos["full_bt"]["train_examples"] == infos["full"]["train_examples"] + 1
     assert infos["full"]["lr"] == pytest.approx(0.1 * load_params("pretrain", PretrainParams, ROOT / "params.yaml").lr)
     # the saved adapter reloads on the base model and predicts what the best checkpoint predicted
@@ -227,7 +228,7 @@ def test_killed_run_resumes_to_identical_outputs(project, tmp_path):
     assert proc.returncode == 0, log
     assert f"resuming at step {epochs_done}" in log
     assert f"epoch {epochs_done}/40" not in log and f"epoch {epochs_done + 1}/40" in log  # no epoch trained twice
-    for name in ("predictions.jsonl", "head.safetensors", "body/model.safetensors", "meta.json"):
+    for name in ("predictions.jsonl", "model.safetensors", "config.json", "meta.json", "README.md"):
         a, b = (d / "models/7_finetune/full" / name for d in (straight, killed))
         assert a.read_bytes() == b.read_bytes(), f"{name} differs after the resume"
     assert not (killed / "checkpoints/finetune/full").exists()  # removed once the output is written
