@@ -98,7 +98,7 @@ def claim_results(runs: dict, predictions: dict, refs: list[int], boot: Bootstra
     claim whose run trained on no paraphrase is `not measured`, with why."""
     out = []
     for c in applicable(runs):
-        if c.a.endswith("_bt") and runs[c.a]["train_examples"] == runs[c.b]["train_examples"]:
+        if c.a.endswith("_bt") and c.b == c.a[:-3] and runs[c.a]["train_examples"] == runs[c.b]["train_examples"]:
             why = f"{c.a} trained on no paraphrases (augment skipped or kept none: see metrics/augment.json)"
             out.append({"claim": c.text, "a": c.a, "b": c.b, "verdict": "not measured", "why": why})
             continue

@@ -143,7 +143,8 @@ def test_training_changes_only_trainable_weights_and_round_trips(base, data, met
     assert changed == trainable_names(model)
 
     model.eval()
-    save_classifier(model, tmp_path, classifier_info(run_params(method), ["a", "b", "c"], "mean", base))
+    info = classifier_info(run_params(method), ["a", "b", "c"], train_params().pooling, base)
+    save_classifier(model, tmp_path, info)
     loaded = load_classifier(tmp_path)
     ids, mask = pad_batch(seqs, PAD)
     with torch.no_grad():

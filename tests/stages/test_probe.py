@@ -114,6 +114,8 @@ def test_evaluates_report_names_each_baselines_choice():
 
     runs = {"tfidf": row("tfidf_logreg", {"C": 10.0, "ngram_range": [1, 2]}), "minilm_probe": row("probe_logreg",
             {"C": 1.0})}  # fmt: skip
-    text = report({"runs": runs, "split": "test", "examples": 10, "clusters": 2, "claims": []}, LABELS)
+    text = report(
+        {"runs": runs, "split": "test", "examples": 10, "clusters": 2, "claims": [], "max_class_share": 0.9}, LABELS
+    )
     assert "- tfidf: C 10, word n-grams 1-2, chosen on validation accuracy (0.5000)" in text
     assert "- minilm_probe: C 1, chosen on validation accuracy (0.5000)" in text

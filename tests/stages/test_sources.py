@@ -398,6 +398,10 @@ def test_a_bt_run_without_paraphrases_is_reported_as_not_measured():
     assert claim_lines([c]) == [f"- Back-translation adds >= 2 points (full_bt vs full): not measured, {why}."]
     (c,) = claim_results({"full": run, "full_bt": {**run, "augmented": True, "train_examples": 30}}, preds, refs, boot)
     assert c["verdict"] == "does not hold" and c["gap"] == 0.0
+    tfidf = {"init": "none", "method": "tfidf_logreg", "augmented": True, "train_examples": 16}
+    results = claim_results({"full_bt": {**run, "augmented": True}, "tfidf_bt": tfidf}, preds | {"tfidf_bt": refs},
+                            refs, boot)  # fmt: skip
+    assert [(c["a"], c["b"], c["verdict"]) for c in results] == [("full_bt", "tfidf_bt", "not resolved")]  # measured
 
 
 def test_a_dataset_folder_as_the_corpus_streams_through_hf(files):
