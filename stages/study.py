@@ -192,7 +192,8 @@ def report(s: dict) -> str:
                   for c in s["claims"]]  # fmt: skip
     lines = [
         "# Study: the field's claims over labeled draws, labeled-set sizes and learning rates", "",
-        f"Produced by `dvc repro study/dvc.yaml` (`python -m stages.study`) in {s['seconds'] / 60:.1f} min; every "
+        f"Produced by `dvc repro study/dvc.yaml` (`python -m stages.study`) in {s['seconds'] / 60:.1f} min (the "
+        f"cells' CPU time: {s['cell_cpu_seconds'] / 60:.0f} min, {s['workers']} workers); every "
         f"number from metrics/study.json. Test accuracy on {s['test_examples']} verses of {s['test_chapters']} test "
         f"chapters. Labeled draws per size: {draws}. Each draw samples its verses per class afresh from the "
         f"{s['pool']} verses of the training chapters (seeded by the draw's index, nested across sizes) and seeds "
@@ -448,7 +449,7 @@ def fit_cell(cell: Cell) -> str:
     path = CHECKPOINTS / f"{key}.json"
     if path.exists():
         return str(path)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     val, test = (x.val["input_ids"], x.val["label"]), (x.test["input_ids"], x.test["label"])
     texts = (x.val["text"], x.val["label"]), (x.test["text"], x.test["label"])
     if cell.neural:
@@ -459,8 +460,9 @@ def fit_cell(cell: Cell) -> str:
         res = fit_encoder_baseline(r, w["bp"], cell.draw, train_set, *texts, w["embedded"])
     else:
         res = fit_baseline(w["bp"], train_set, *texts)
-    res |= {"accuracy": accuracy(res["predictions"], x.test["label"]), "seed": cell.draw,
-            "paraphrases": len(extra), "seconds": round(time.perf_counter() - t1, 1)}  # fmt: skip
+    seconds, cpu = round(time.perf_counter() - t1, 1), round(time.process_time() - c1, 1)
+    res |= {"accuracy": accuracy(res["predictions"], x.test["label"]), "seed": cell.draw, "paraphrases": len(extra),
+            "seconds": seconds, "cpu_seconds": cpu}  # fmt: skip
     write_json(res, path)
     print(f"{cell.name} at {cell.size} per class, draw {cell.draw}: test accuracy {res['accuracy']:.4f} "
           f"({res['seconds']} s)", flush=True)  # fmt: skip
@@ -609,11 +611,22 @@ def run(p: StudyParams) -> dict:
         "claims": size_claims(by_cell, info, sizes, refs, boot),
         "forgetting": forgetting(forgetting_cells, x, refs, boot, k) if len(forgetting_cells) > 1 else None,
         "translation": translation or ({"skipped": "no verse to back-translate"} if p.augmented else None),
-        "cell_seconds": round(sum(r["seconds"] for r in results), 1),
+        "cell_seconds": round(sum(r["seconds"] for r in results), 1),  # wall, summed over the workers' cells
+        "cell_cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in results), 1),  # what idle cores would need
+        "cpu_seconds_by_cell": cpu_by_cell(cells, results),
     }  # fmt: skip
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["_predictions"] = {f"{r}@{n}": [c["predictions"] for c in v] for (r, n), v in by_cell.items()}
     return result
+
+
+def cpu_by_cell(cells: list[Cell], results: list[dict]) -> dict:
+    """CPU seconds per cell name and size, summed over draws: where the study's time goes."""
+    out: dict = {}
+    for c, r in zip(cells, results, strict=True):
+        key = f"{c.name}@{c.size}" + ("" if c.main else f"x{c.lr_scale:g}")
+        out[key] = round(out.get(key, 0.0) + r.get("cpu_seconds", 0.0), 1)
+    return out
 
 
 def checkpoint_runs(p: StudyParams) -> dict:

@@ -71,7 +71,8 @@ def test_report_states_each_claim_with_its_interval_and_the_tables():
     summ = {r: {"8": cell_summary(cells[(r, 8)], refs, boot, 3)} for r in ("scratch", "full", "tfidf")}
     s = {
         "sizes": [8], "draws": {"8": 1}, "default_size": 8, "runs": ["scratch", "full"], "baselines": ["tfidf"],
-        "pool": 900, "test_examples": 300, "test_chapters": 20, "seconds": 60.0, "forgetting_run": "full",
+        "pool": 900, "test_examples": 300, "test_chapters": 20, "seconds": 60.0, "cell_cpu_seconds": 240.0,
+        "workers": 2, "forgetting_run": "full",
         "data_efficiency": summ, "claims": size_claims(cells, info, [8], refs, boot),
         "augmentation": {"full": {"8": {**cell_summary(cells[("full_bt", 8)], refs, boot, 3), "paraphrases": 12,
                                         "gain": boot.gap([cells[("full_bt", 8)][0]["predictions"]],
@@ -91,6 +92,7 @@ def test_report_states_each_claim_with_its_interval_and_the_tables():
     assert "| full | 0.450 [" in text and "| full | 8 | 0.450 [" in text and "| +5.0 [" in text
     assert "Back-translation was not measured: no parallel corpus." in text
     assert "- Forgetting grows with the fine-tuning learning rate: **holds**" in text
+    assert "in 1.0 min (the cells' CPU time: 4 min, 2 workers)" in text
     assert "Labeled draws per size: 1 at 8. Each draw samples its verses per class afresh from the 900 verses" in text
 
 
