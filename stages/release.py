@@ -62,11 +62,13 @@ def choose(candidates: dict[str, dict]) -> str:
 
 
 def lock_hashes(stage: str, dvc_lock: Path = DVC_LOCK) -> dict[str, str]:
-    """{path: md5} of a stage's deps and outs in dvc.lock; {} when it has none (a stage run outside dvc repro)."""
+    """{path: md5} of a stage's deps and outs in dvc.lock; {} when it has none (a stage run outside dvc repro).
+    Metrics files are left out: they hold the run's seconds, so the same commit would release a different card."""
     if not dvc_lock.exists():
         return {}
     entry = (yaml.safe_load(dvc_lock.read_text()) or {}).get("stages", {}).get(stage, {})
-    return {d["path"]: d.get("md5") or d.get("hash", "") for d in [*entry.get("deps", []), *entry.get("outs", [])]}
+    files = [*entry.get("deps", []), *entry.get("outs", [])]
+    return {d["path"]: d.get("md5") or d.get("hash", "") for d in files if not d["path"].startswith("metrics/")}
 
 
 def git_revision() -> str:

@@ -35,7 +35,7 @@ def test_lock_hashes_reads_a_stages_deps_and_outs(tmp_path):
         "stages": {
             "finetune@lora": {
                 "deps": [{"path": "data/3_tokenize/task", "md5": "abc.dir"}],
-                "outs": [{"path": "models/x", "md5": "def"}],
+                "outs": [{"path": "models/x", "md5": "def"}, {"path": "metrics/finetune/lora.json", "md5": "0"}],
             }
         },
     }
