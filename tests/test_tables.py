@@ -9,7 +9,7 @@ from scripts import tables
 
 def test_readme_tables_match_the_committed_metrics(monkeypatch):
     text = tables.README.read_text()
-    assert "<!-- table:evaluate -->" in text and "<!-- table:study -->" in text
+    assert "<!-- table:evaluate -->" in text and "<!-- table:evaluate-claims -->" in text
     assert tables.render(text) == text, "README.md is stale: run `python -m scripts.tables`"
 
 
@@ -43,3 +43,18 @@ def test_a_block_is_rewritten_from_the_metrics(tmp_path, monkeypatch):
     assert "| X beats Y | +3.2 [+0.5, +6.0] | holds |" in out and "stale row" not in out and out.startswith("intro\n")
     with pytest.raises(SystemExit, match="unknown table 'nope'"):
         tables.render("<!-- table:nope -->\n<!-- /table:nope -->")
+
+
+def test_the_study_tables_give_each_size_and_each_claim_at_its_size():
+    cell = {"accuracy": 0.5, "accuracy_ci95": [0.45, 0.55]}
+    s = {
+        "sizes": [8, 32],
+        "draws": {"8": 5, "32": 5},
+        "data_efficiency": {"full": {"8": cell}},
+        "claims": [{"claim": "X beats Y", "size": 32, "gap": -1.0, "ci95": [-3.0, 1.5], "verdict": "not resolved"}],
+    }
+    assert tables.study_table(s)[2] == "| full | 0.500 [0.450, 0.550] | - |"
+    assert tables.study_table(s)[0] == "| run | 8 per class (5 draws) | 32 per class (5 draws) |"
+    assert (
+        tables.claims_table(s["claims"], with_size=True)[2] == "| X beats Y | 32 | -1.0 [-3.0, +1.5] | not resolved |"
+    )
