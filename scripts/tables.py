@@ -12,12 +12,9 @@ import re
 import sys
 from pathlib import Path
 
+from stages.evaluate import with_ci as ci
+
 README = Path("README.md")
-
-
-def ci(value: float, interval: list[float]) -> str:
-    """0.3721, [0.3302, 0.4133] -> '0.372 [0.330, 0.413]'."""
-    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
 def gap(c: dict) -> str:
