@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -218,6 +219,11 @@ def save_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
 
 
+# a 4-bit weight's quantization state in a state dict (bitsandbytes); a checkpoint holds it, but a 4-bit layer takes
+# none back: the frozen body is quantized again from the same folder (the fingerprint covers it) to the same bytes
+QUANT_STATE = re.compile(r"\.weight\.(absmax|quant_map|nested_absmax|nested_quant_map|quant_state\..+)$")
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler, fp: str, tensors: tuple[str, ...] = ()) -> dict | None:
     """Restore a matching checkpoint in place and return its checkpoint.json; None when there is none to resume.
 
@@ -236,7 +242,10 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, fp: str, tensors: t
         print(f"{path}: checkpoint of other params or inputs; starting afresh")
         return None
     try:
-        load_model(model, str(path / "model.safetensors"))
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        unexpected = [k for k in unexpected if not QUANT_STATE.search(k)]
+        if missing or unexpected:
+            raise RuntimeError(f"tensors missing: {missing[:5]}, unexpected: {unexpected[:5]}")
         state = torch.load(path / "state.pt", weights_only=True)
         info.update({name: load_file(str(path / f"{name}.safetensors")) for name in tensors})
     except Exception as e:  # noqa: BLE001 - any failure to read means the file is unusable
@@ -258,9 +267,14 @@ def remove_checkpoint(path: Path) -> None:
 
 
 def count_params(model) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts; a 4-bit weight (bitsandbytes packs two a byte) counts its real shape."""
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(_numel(p) for p in model.parameters())
+
+
+def _numel(p) -> int:
+    state = getattr(p, "quant_state", None)  # bitsandbytes' Params4bit: (n / 2, 1) bytes holding an (out, in) matrix
+    return state.shape.numel() if state is not None else p.numel()
 
 
 PACKAGE = "package:"  # a checkpoint spec naming a model folder inside an installed Python package
