@@ -161,3 +161,11 @@ def test_qlora_refuses_a_body_loaded_in_fp32(base):
     assert METHODS["qlora"].four_bit and not METHODS["lora"].four_bit
     with pytest.raises(ValueError, match="qlora trains a body loaded in 4 bits"):
         METHODS["qlora"].build(load_body(base), from_dict(QloraParams, KNOBS["qlora"], "x"))
+
+
+def test_a_qlora_runs_card_says_loading_needs_bitsandbytes():
+    from specialist.card import usage
+
+    qlora, lora = ({"format": "peft", "method": m, "model_path": "models/7_finetune/m"} for m in ("qlora", "lora"))
+    assert any("pip install bitsandbytes==0.50.2" in line for line in usage(qlora))
+    assert not any("bitsandbytes" in line for line in usage(lora))
