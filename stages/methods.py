@@ -32,18 +32,19 @@ and `adapter` know GPT-2's blocks (body.h, ln_f, attn/mlp.c_proj) and refuse oth
 
 `qlora` (Dettmers et al., 2023) is `lora` on a frozen body whose linear weights are stored in 4 bits: its Method
 says `four_bit`, so finetune loads the body with transformers' BitsAndBytesConfig (quantization_config(): NF4,
-double quantization, compute in fp32 on a CPU and bf16 on a GPU; the fp32 body is never held whole), so every
-projection becomes bitsandbytes' Linear4bit (GPT-2's Conv1D too: transformers
-transposes its weight into an nn.Linear before quantizing, so LoRA then needs no fan_in_fan_out), PEFT's
-prepare_model_for_kbit_training freezes it (and checkpoints activations if asked), and LoRA goes on top. The backend
-is bitsandbytes (0.50.2, pinned in the `models` extra): the reference implementation on a GPU, and on a CPU its
-own CPU backend (measured here: bench/qlora.py). What stays fp32: the token and position embeddings, the layer
-norms, every bias, LoRA's A and B and the classifier's head (outside the body). A 4-bit matrix holds 0.5 byte a
-weight, one byte of scale per 64 weights (the block's absmax, itself quantized to 8 bits) and 4 bytes per 256 such
-blocks (weight_bytes() counts it): 12.9% of its fp32 bytes. The 4 x 256 body: its 16 matrices, 12.58 MB in fp32,
-take 1.62 MB; its embeddings and norms stay at their fp32 bytes (reports/bench/qlora.json has the figures). The run
-saves as the other PEFT runs, its base/ folder 4-bit with the quantization config in its config.json, so loading
-it rebuilds the same quantized model. Without bitsandbytes a qlora run fails at its params, before any work.
+double quantization, compute in fp32 on a CPU and bf16 on a GPU; the fp32 body is never held whole) and every
+projection becomes bitsandbytes' Linear4bit (GPT-2's Conv1D too: transformers transposes its weight into an
+nn.Linear's before quantizing, so LoRA then needs no fan_in_fan_out). PEFT's prepare_model_for_kbit_training freezes
+it (and checkpoints activations if asked), and LoRA goes on top. The backend is bitsandbytes (0.50.2, pinned in the
+`models` extra): the reference implementation on a GPU and, on a CPU, its own CPU backend (measured: bench/qlora.py).
+What stays fp32: the token and position embeddings, the layer norms, every bias, LoRA's A and B and the classifier's
+head (outside the body). A 4-bit matrix holds 0.5 byte a weight, one byte of scale per 64 weights (the block's
+absmax, itself quantized to 8 bits), 4 bytes per 256 blocks (the second level's fp32 scales) and a 4-byte offset
+(weight_bytes() counts them): 12.9% of its fp32 bytes. The 4 x 256 body: its 16 matrices, 12,582,912 bytes in fp32,
+take 1,623,936; its embeddings, norms and biases (4,380,672 bytes) stay fp32, so the whole base is at 35.4%
+(reports/bench/qlora.json). The run saves as the other PEFT runs, its base/ folder 4-bit with the quantization config
+in its config.json, so loading it rebuilds the same quantized model. Without bitsandbytes a qlora run fails at its
+params, before any work.
 """
 
 import importlib
@@ -211,9 +212,9 @@ def weight_bytes(body) -> dict:
     biases}.
 
     A 4-bit matrix counts its packed weights (0.5 byte each), its block scales (1 byte per 64) and the double
-    quantization's scales and offset (4 bytes per 256 blocks, 4); the two code tables all 4-bit layers share (16 and
-    256 floats) are counted once, in "matrices". LoRA's tensors (lora_A, lora_B) are left out. A plain fp32 body:
-    matrices = 4 bytes x their weights (4 x 256 GPT-2: 16 matrices, 3,145,728 weights, 12,582,912 bytes).
+    quantization's scales and offset (4 bytes per 256 blocks, and 4); the two code tables all 4-bit layers share
+    (16 and 256 floats) are counted once, in "matrices". LoRA's tensors (lora_A, lora_B) are left out. A plain fp32
+    body: matrices = 4 bytes x their weights (4 x 256 GPT-2: 16 matrices, 3,145,728 weights, 12,582,912 bytes).
     """
     import torch
     from transformers.pytorch_utils import Conv1D
