@@ -55,6 +55,8 @@ def usage(facts: dict) -> list[str]:
     else:
         load = ["from transformers import AutoModelForSequenceClassification",
                 f'model = AutoModelForSequenceClassification.from_pretrained("{path}")']  # fmt: skip
+    if facts.get("method") == "qlora":  # its base/ holds 4-bit weights
+        load.append("# base/'s matrices are 4-bit NF4: needs bitsandbytes (pip install bitsandbytes==0.50.2)")
     hub = [
         "",
         "Downloaded from the Hub (the recorded base path is the repo's): `PeftModel.from_pretrained("

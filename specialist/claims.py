@@ -59,6 +59,8 @@ def applicable(runs: dict[str, dict]) -> list[Claim]:
                          "scratch", 10))  # fmt: skip
     if {"lora", "full"} <= set(runs):
         out.append(Claim("LoRA comes within 2 points of full fine-tuning", "lora", "full", 2, "within"))
+    if {"qlora", "lora"} <= set(runs):
+        out.append(Claim("QLoRA (a 4-bit body) comes within 2 points of LoRA", "qlora", "lora", 2, "within"))
     for base, b in runs.items():  # each pre-trained run against the classical baseline with the same augmentation
         if b["init"] != "none" or b.get("method", TFIDF) != TFIDF:
             continue

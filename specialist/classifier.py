@@ -19,6 +19,8 @@ What each fine-tuning method exports (export()), and how it loads:
 | adapter (Houlsby)                  | the same; config.adapter_bottleneck rebuilds them  | Classification            |
 | lora, ia3, prompt/prefix tuning    | PEFT SEQ_CLS adapter, head in modules_to_save; the | AutoPeftModelForSequence- |
 |                                    | base (pre-trained body, zero head) in base/        | Classification, or load() |
+| qlora                              | the same; base/ holds the body's 4-bit weights and | the same (bitsandbytes    |
+|                                    | its config.json the quantization_config            | installed)                |
 
 A PEFT folder records its base as base_model_name_or_path, which PEFT resolves against the cwd; DVC outputs must be
 the same bytes in every clone, so it is the base/ folder's path relative to the repository root (no absolute
@@ -40,6 +42,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 POOLINGS = ("mean", "last", "first", "mean_last")
 BASE = "base"  # a PEFT run's base model, inside its folder
+PEFT_METHODS = ("lora", "ia3", "prompt_tuning", "prefix_tuning", "qlora")  # stages.methods' `saves: peft`
 
 
 def pool(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -158,7 +161,9 @@ AutoModelForSequenceClassification.register(SpecialistConfig, SpecialistForSeque
 
 def specialist_config(body_config, labels: list[str], pooling: str, **kw) -> SpecialistConfig:
     """The config of a run: its body's config, labels (in id order), pooling and method extras (kw)."""
-    body = {k: v for k, v in body_config.to_dict().items() if k != "_name_or_path"}  # where it was loaded from
+    body = {k: v for k, v in body_config.to_dict().items() if k not in ("_name_or_path", "quantization_config")}
+    if (quantized := getattr(body_config, "quantization_config", None)) is not None:  # qlora: the whole model's
+        kw["quantization_config"] = quantized if isinstance(quantized, dict) else quantized.to_dict()
     return SpecialistConfig(
         body=body, pooling=pooling, id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)}, **kw,
@@ -188,7 +193,7 @@ def export(classifier, path: Path, labels: list[str], method: str, peft_base: st
     path = Path(path)
     pooling, head = classifier.pooling, classifier.head.state_dict()
     kw = {"head_dropout": classifier.dropout.p}
-    if method in ("lora", "ia3", "prompt_tuning", "prefix_tuning"):
+    if method in PEFT_METHODS:
         return _export_peft(classifier, path, labels, peft_base or str(path / BASE), kw)
     if adapter_bottleneck:
         kw["adapter_bottleneck"] = adapter_bottleneck
@@ -207,9 +212,13 @@ def _export_peft(classifier, path: Path, labels: list[str], base_path: str, kw: 
     if trained.is_prompt_learning and trained.peft_type.value == "PROMPT_TUNING":
         kw["prompt_positions"] = trained.num_virtual_tokens
     inner = peft_body.get_base_model()
-    base = SpecialistForSequenceClassification(specialist_config(inner.config, labels, classifier.pooling, **kw))
-    base.body.load_state_dict(_base_body_state(peft_body), strict=True)
-    base.save_pretrained(path / BASE)  # before PEFT injects its layers into it
+    base_config = specialist_config(inner.config, labels, classifier.pooling, **kw)
+    if hasattr(base_config, "quantization_config"):  # qlora: a 4-bit body
+        base = _save_quantized_base(base_config, _base_body_state(peft_body), classifier.head, path / BASE)
+    else:
+        base = SpecialistForSequenceClassification(base_config)
+        base.body.load_state_dict(_base_body_state(peft_body), strict=True)
+        base.save_pretrained(path / BASE)  # before PEFT injects its layers into it
     base.name_or_path = base_path  # what PEFT records as base_model_name_or_path
     config = copy.deepcopy(trained)  # the same knobs, and the layer counts PEFT inferred from the body's config
     config.task_type, config.modules_to_save, config.inference_mode = "SEQ_CLS", ["head"], False
@@ -229,6 +238,24 @@ def _export_peft(classifier, path: Path, labels: list[str], base_path: str, kw: 
     config = {k: sorted(set(v)) if k in sets and isinstance(v, list) else v for k, v in config.items()}
     adapter.write_text(json.dumps({**config, "base_model_name_or_path": base_path}, indent=2) + "\n")
     (path / "README.md").unlink(missing_ok=True)  # PEFT's stub card; the stage writes the real one
+
+
+def _save_quantized_base(config: SpecialistConfig, body_state: dict, head, path: Path):
+    """A 4-bit body's base folder, as transformers saves a bitsandbytes model: config.json with its
+    quantization_config, model.safetensors with each matrix's packed weights and quantization state (weight.absmax,
+    weight.quant_map, ...) and a zero head; returns it loaded back as a user loads it (strict: every tensor lands)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"body.{k}": v for k, v in body_state.items()}
+    tensors |= {f"head.{k}": torch.zeros_like(v) for k, v in head.state_dict().items()}
+    path.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(path)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path / "model.safetensors",
+              metadata={"format": "pt"})  # fmt: skip
+    model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
+    if any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
+        raise RuntimeError(f"qlora export: {path} does not load as saved: {info}")
+    return model
 
 
 def _canonical(name: str, new: bool) -> str:

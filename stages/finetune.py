@@ -16,7 +16,7 @@ Writes models/7_finetune/<run>   the best checkpoint on validation as a standard
 
 A run is `init` (scratch: the same architecture, random init; pretrained: models/4_pretrain; checkpoint: a
 transformers checkpoint of your own, `checkpoint:`) x `method` (stages/methods.py: full, freeze, lora, ia3,
-prompt_tuning, prefix_tuning, adapter; a method's knobs are the run's section named like it) x `augmented`. The
+prompt_tuning, prefix_tuning, adapter, qlora; a method's knobs are the run's section named like it) x `augmented`. The
 learning rate is `lr_scale` times the rate the body was pre-trained with (pretrain.lr); a checkpoint was not
 pre-trained with pretrain.lr, so its run gives the rate itself, `lr:`.
 
@@ -64,6 +64,10 @@ from stages.methods import (
     LoraParams,
     PrefixTuningParams,
     PromptTuningParams,
+    QloraParams,
+    count_params,
+    missing_backend,
+    quantization_config,
     virtual_tokens,
 )
 from stages.training import (
@@ -73,7 +77,6 @@ from stages.training import (
     batch_indices,
     checkpoint_identity,
     checkpoint_source,
-    count_params,
     device,
     fingerprint,
     from_checkpoint,
@@ -131,6 +134,7 @@ class RunParams:  # finetune.runs.<run>
     prompt_tuning: PromptTuningParams | None = None
     prefix_tuning: PrefixTuningParams | None = None
     adapter: AdapterParams | None = None
+    qlora: QloraParams | None = None  # lora's knobs on a 4-bit body (needs bitsandbytes)
     checkpoint: str | None = None  # init checkpoint: a local folder, a hub name or package:<python_package>/<subdir>
     lr: float | None = None  # init checkpoint: the learning rate itself
 
@@ -145,6 +149,8 @@ class RunParams:  # finetune.runs.<run>
         if self.method not in METHODS:
             yield f"method: unknown fine-tuning method {self.method!r}; expected one of {', '.join(METHODS)}"
             return
+        if self.method == "qlora" and (missing := missing_backend()):
+            yield f"method: {missing}"
         if self.init == "checkpoint":
             yield from self._validate_checkpoint()
         else:
@@ -183,10 +189,12 @@ class RunParams:  # finetune.runs.<run>
 def recorded(r: RunParams) -> dict:
     """r as meta.json and the resume fingerprint record it: a scratch or pretrained run leaves out the checkpoint-only
     keys (checkpoint, lr), so its artifact stays byte-identical to the one written before they existed (same dvc.lock
-    hash); a checkpoint run leaves out lr_scale, which it has not."""
+    hash); a checkpoint run leaves out lr_scale, which it has not; a run of another method leaves out qlora (newer)."""
     params = asdict(r)
     for key in ("lr_scale",) if r.init == "checkpoint" else ("checkpoint", "lr"):
         del params[key]
+    if r.qlora is None:
+        del params["qlora"]
     return params
 
 
@@ -222,8 +230,9 @@ class Output:
     logits: torch.Tensor
 
 
-def load_body(path: Path, scratch: bool = False, **config_overrides):
-    """The transformer body saved at `path` (or, `scratch`, its architecture freshly initialised).
+def load_body(path: Path, scratch: bool = False, quantization=None, **config_overrides):
+    """The transformer body saved at `path` (or, `scratch`, its architecture freshly initialised); `quantization`, a
+    transformers quantization config (qlora's), loads its matrices quantized, on device().
 
     GPT-2's gelu_new runs as PyTorch's fused tanh GELU: the same formula (outputs differ by at most 2.4e-7 in
     float32), 3.6x faster on a CPU, where it was a fifth of a fine-tuning step.
@@ -233,21 +242,26 @@ def load_body(path: Path, scratch: bool = False, **config_overrides):
     config = AutoConfig.from_pretrained(path, **config_overrides)
     if getattr(config, "activation_function", None) == "gelu_new":  # BERT-like configs name it hidden_act
         config.activation_function = "gelu_pytorch_tanh"
-    return AutoModel.from_config(config) if scratch else AutoModel.from_pretrained(path, config=config)
+    if scratch:
+        return AutoModel.from_config(config)
+    quantized = {"quantization_config": quantization, "device_map": {"": device()}} if quantization else {}
+    return AutoModel.from_pretrained(path, config=config, **quantized)
 
 
 def build_classifier(run: RunParams, pretrained: Path, num_labels: int, t: TrainParams):
     """The model to train: the run's method (stages/methods.py) applied to the body, under a fresh head."""
     from transformers import AutoConfig
 
+    quantization = quantization_config(device()) if METHODS[run.method].four_bit else None  # qlora
     if run.init == "checkpoint":
         source = checkpoint_source(run.checkpoint)
         config = from_checkpoint(AutoConfig.from_pretrained, run.checkpoint)
-        body = load_body(source, **{k: t.dropout for k in DROPOUT_KEYS if k in config.to_dict()})
+        drop = {k: t.dropout for k in DROPOUT_KEYS if k in config.to_dict()}
+        body = load_body(source, quantization=quantization, **drop)
     else:
         config = AutoConfig.from_pretrained(pretrained)  # GPT-2 (causal) or BERT (pretrain.objective masked)
         drop = {k: t.dropout for k in DROPOUT_KEYS if k in config.to_dict()}
-        body = load_body(pretrained, scratch=run.init == "scratch", **drop)
+        body = load_body(pretrained, scratch=run.init == "scratch", quantization=quantization, **drop)
     return Classifier(METHODS[run.method].build(body, run.knobs), num_labels, t.pooling, t.dropout)
 
 

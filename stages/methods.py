@@ -16,6 +16,7 @@ adapter's Houlsby modules rebuilt from the config); `peft` a PEFT SEQ_CLS adapte
 | prompt_tuning | virtual token embeddings prepended to the input (PEFT)   | num_virtual_tokens, init      | peft    |
 | prefix_tuning | virtual keys and values prepended in every layer (PEFT)  | num_virtual_tokens            | peft    |
 | adapter       | bottleneck adapters after attention and MLP; layer norms | bottleneck                    | trained |
+| qlora         | LoRA's updates, on a body whose matrices are 4-bit NF4   | lora's + checkpointing        | peft    |
 
 `freeze` trains ln_f with the top blocks: it normalises the top block's output right before the head, so a
 frozen ln_f would fix the scale the head sees while the block under it moves. PEFT wraps the body, not the
@@ -28,8 +29,26 @@ pretrain's block_size); finetune.run checks.
 Other bodies: `full` and the PEFT methods work on any AutoModel, with target_modules named as in that body (BERT:
 query, key, value, dense); LoRA and IA3 store the weight transposed only where the body uses GPT-2's Conv1D. `freeze`
 and `adapter` know GPT-2's blocks (body.h, ln_f, attn/mlp.c_proj) and refuse other bodies with a message.
+
+`qlora` (Dettmers et al., 2023) is `lora` on a frozen body whose linear weights are stored in 4 bits: its Method
+says `four_bit`, so finetune loads the body with transformers' BitsAndBytesConfig (quantization_config(): NF4,
+double quantization, compute in fp32 on a CPU and bf16 on a GPU; the fp32 body is never held whole) and every
+projection becomes bitsandbytes' Linear4bit (GPT-2's Conv1D too: transformers transposes its weight into an
+nn.Linear's before quantizing, so LoRA then needs no fan_in_fan_out). PEFT's prepare_model_for_kbit_training freezes
+it (and checkpoints activations if asked), and LoRA goes on top. The backend is bitsandbytes (0.50.2, pinned in the
+`models` extra): the reference implementation on a GPU and, on a CPU, its own CPU backend (measured: bench/qlora.py).
+What stays fp32: the token and position embeddings, the layer norms, every bias, LoRA's A and B and the classifier's
+head (outside the body). A 4-bit matrix holds 0.5 byte a weight, one byte of scale per 64 weights (the block's
+absmax, itself quantized to 8 bits), 4 bytes per 256 blocks (the second level's fp32 scales) and a 4-byte offset
+(weight_bytes() counts them): 12.9% of its fp32 bytes. The 4 x 256 body: its 16 matrices, 12,582,912 bytes in fp32,
+take 1,623,936; its embeddings, norms and biases (4,380,672 bytes) stay fp32, so the whole base is at 35.4%
+(reports/bench/qlora.json). The run saves as the other PEFT runs, its base/ folder 4-bit with the quantization config
+in its config.json, so loading it rebuilds the same quantized model. Without bitsandbytes a qlora run fails at its
+params, before any work.
 """
 
+import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,6 +77,22 @@ class LoraParams:
             yield f"r: LoRA rank must be >= 1, got {self.r}"
         if not self.target_modules:
             yield "target_modules: name at least one module (GPT-2: c_attn, c_proj, c_fc; BERT: query, key, value)"
+
+
+@dataclass(frozen=True)
+class QloraParams(LoraParams):  # lora's knobs, on the 4-bit body
+    gradient_checkpointing: bool  # recompute activations in backward: less memory, more time a step
+
+
+def missing_backend() -> str | None:
+    """Why qlora cannot run here (bitsandbytes, its 4-bit backend, does not import), or None. RunParams checks it,
+    so a qlora run without it stops at its params, before any data or model is read."""
+    try:
+        importlib.import_module("bitsandbytes")
+    except ImportError as e:
+        return (f"qlora needs bitsandbytes for its 4-bit weights ({e}): pip install bitsandbytes==0.50.2 "
+                f"(pyproject.toml's models extra), or choose another method")  # fmt: skip
+    return None
 
 
 @dataclass(frozen=True)
@@ -150,6 +185,87 @@ def lora(body, knobs: LoraParams):
     ))  # fmt: skip
 
 
+def quantization_config(dev):
+    """NF4 with double quantization, computing in bf16 on a GPU and fp32 on a CPU; `head` (the classifier's) stays
+    in full precision when a saved run's whole model is loaded with it."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32, llm_int8_skip_modules=["head"],
+    )  # fmt: skip
+
+
+def qlora(body, knobs: QloraParams):
+    """LoRA (the same knobs) on a body loaded with its matrices in 4-bit NF4 (module docstring): PEFT's
+    prepare_model_for_kbit_training freezes it (and turns on activation checkpointing if asked), then lora()."""
+    from peft import prepare_model_for_kbit_training
+
+    if not getattr(body, "is_loaded_in_4bit", False):
+        raise ValueError("qlora trains a body loaded in 4 bits: load_body(path, quantization_config(device))")
+    body = prepare_model_for_kbit_training(body, use_gradient_checkpointing=knobs.gradient_checkpointing)
+    for module in body.modules():
+        if getattr(getattr(module, "weight", None), "quant_state", None) is not None:
+            module._register_load_state_dict_pre_hook(_drop_quant_state)
+    return lora(body, knobs)
+
+
+# a 4-bit weight's quantization state as bitsandbytes writes it into a state dict (weight.absmax, weight.quant_map,
+# ...); a Linear4bit takes none back, so a checkpoint's copy is dropped on load: the frozen body is quantized again
+# from the same folder (the checkpoint's fingerprint covers it), to the same bytes
+QUANT_STATE = re.compile(r"weight\.(absmax|quant_map|nested_absmax|nested_quant_map|quant_state\..+)$")
+
+
+def _drop_quant_state(state_dict, prefix, *_):
+    for key in [k for k in state_dict if k.startswith(prefix) and QUANT_STATE.fullmatch(k[len(prefix) :])]:
+        del state_dict[key]
+
+
+def count_params(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts, a 4-bit weight (bitsandbytes packs two a byte) at its real shape."""
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(_numel(p) for p in model.parameters())
+
+
+def _numel(p) -> int:
+    state = getattr(p, "quant_state", None)  # bitsandbytes' Params4bit: (n / 2, 1) bytes holding an (out, in) matrix
+    return state.shape.numel() if state is not None else p.numel()
+
+
+def weight_bytes(body) -> dict:
+    """Bytes of the frozen body's weights: {"matrices": its linear layers' weights, "other": embeddings, norms and
+    biases}.
+
+    A 4-bit matrix counts its packed weights (0.5 byte each), its block scales (1 byte per 64) and the double
+    quantization's scales and offset (4 bytes per 256 blocks, and 4); the two code tables all 4-bit layers share
+    (16 and 256 floats) are counted once, in "matrices". LoRA's tensors (lora_A, lora_B) are left out. A plain fp32
+    body: matrices = 4 bytes x their weights (4 x 256 GPT-2: 16 matrices, 3,145,728 weights, 12,582,912 bytes).
+    """
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    counts, tables = {"matrices": 0, "other": 0}, {}
+    for name, module in body.named_modules():
+        if "lora_" in name:
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            matrix = pname == "weight" and isinstance(module, torch.nn.Linear | Conv1D)  # Linear4bit is an nn.Linear
+            counts["matrices" if matrix else "other"] += p.numel() * p.element_size()
+            if (state := getattr(p, "quant_state", None)) is not None:
+                counts["matrices"] += _nbytes(state.absmax)
+                tables["code"] = _nbytes(state.code)
+                if state.nested:
+                    counts["matrices"] += _nbytes(state.state2.absmax) + _nbytes(state.offset)
+                    tables["nested_code"] = _nbytes(state.state2.code)
+    counts["matrices"] += sum(tables.values())
+    return counts
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size()
+
+
 def ia3(body, knobs: IA3Params):
     from peft import IA3Config
 
@@ -199,6 +315,7 @@ class Method:
     build: Callable  # (body, knobs) -> the body, with requires_grad set on what trains
     knobs: type | None  # the dataclass of its section in a run (the section is named like the method)
     saves: str  # body | peft | trained (see the module docstring)
+    four_bit: bool = False  # the body is loaded with its matrices in 4 bits (quantization_config), never in fp32
 
 
 METHODS = {
@@ -209,6 +326,7 @@ METHODS = {
     "prompt_tuning": Method(prompt_tuning, PromptTuningParams, "peft"),
     "prefix_tuning": Method(prefix_tuning, PrefixTuningParams, "peft"),
     "adapter": Method(adapter, AdapterParams, "trained"),
+    "qlora": Method(qlora, QloraParams, "peft", four_bit=True),
 }
 
 

@@ -552,7 +552,7 @@ def run(p: StudyParams) -> dict:
     from stages.baseline import BaselineParams, BaselineRunParams
     from stages.evaluate import EvaluateParams
     from stages.finetune import RunParams, TrainParams, build_classifier
-    from stages.training import count_params
+    from stages.methods import count_params
 
     start = time.perf_counter()
     t0 = load_params("finetune.train", TrainParams)

@@ -21,7 +21,7 @@ from datasets import ClassLabel, Dataset, DatasetDict
 from transformers import AutoModelForSequenceClassification
 
 from specialist.card import check
-from specialist.classifier import SpecialistForSequenceClassification, load_model, merge_lora
+from specialist.classifier import PEFT_METHODS, SpecialistForSequenceClassification, load_model, merge_lora
 from specialist.predict import predict as predict_texts
 from stages.common import from_dict, load_params
 from stages.finetune import RunParams, TrainParams, build_classifier, classifier_info, save_classifier
@@ -35,7 +35,7 @@ from tests.stages.test_checkpoint_init import save_tiny_bert
 from tests.stages.test_methods import KNOBS, base, run_params, train_params  # noqa: F401 - base is a fixture
 
 ROOT = Path(__file__).resolve().parents[2]
-PEFT = ("lora", "ia3", "prompt_tuning", "prefix_tuning")
+PEFT = PEFT_METHODS  # qlora too: a PEFT adapter on a 4-bit base
 
 
 def perturbed(model):
@@ -185,7 +185,7 @@ def test_every_run_round_trips_through_the_standard_loaders_in_a_fresh_process(p
 
     monkeypatch.setattr("stages.finetune.save_classifier", spy)
     runs = every_run()
-    assert {"scratch", "full", "lora", "freeze", "adapter", "ia3", "prompt_tuning", "prefix_tuning", "minilm",
+    assert {"scratch", "full", "lora", "freeze", "adapter", "ia3", "prompt_tuning", "prefix_tuning", "qlora", "minilm",
             "minilm_dapt"} <= set(runs)  # fmt: skip
     for name, r in runs.items():
         finetune_run(name, t, r, metrics_dir=Path("metrics/finetune"), checkpoints=Path("checkpoints/finetune"))
@@ -217,6 +217,8 @@ def test_every_run_round_trips_through_the_standard_loaders_in_a_fresh_process(p
     assert lora["base_model_name_or_path"] == "models/7_finetune/lora/base"  # relative: the same bytes in any clone
     same = [Path(f"models/7_finetune/{n}/base/model.safetensors").read_bytes() for n in ("lora", "ia3", "lora_bt")]
     assert same[0] == same[1] == same[2]  # one base, stored once by DVC
+    four_bit = [Path(f"models/7_finetune/{n}/base/model.safetensors").read_bytes() for n in ("qlora", "qlora_bt")]
+    assert four_bit[0] == four_bit[1] and len(four_bit[0]) < len(same[0])  # qlora's: its own 4-bit base, once
     shutil.rmtree("checkpoints", ignore_errors=True)
 
 

@@ -34,6 +34,7 @@ KNOBS = {
     "prefix_tuning": {"num_virtual_tokens": 3},
     "adapter": {"bottleneck": 4},
 }
+KNOBS["qlora"] = {**KNOBS["lora"], "gradient_checkpointing": False}  # lora's, on a 4-bit body
 # what each method trains, as a pattern over the classifier's parameter names (the head always trains)
 TRAINS = {
     "full": r"body\..*",
@@ -43,6 +44,7 @@ TRAINS = {
     "prompt_tuning": r"body\.prompt_encoder\..*",
     "prefix_tuning": r"body\.prompt_encoder\..*",
     "adapter": r"body\.h\.\d\.(attn|mlp)\.c_proj\.adapter\..*|body\.h\.\d\.ln_[12]\..*|body\.ln_f\..*",
+    "qlora": r".*\.lora_[AB]\..*",  # on 4-bit matrices (tests/stages/test_qlora.py)
 }
 
 
@@ -223,7 +225,7 @@ def test_every_bt_run_is_its_method_plus_the_paraphrases():
     runs = {**finetune["runs"], **finetune["extra_runs"]}
     pairs = [(name, name[:-3]) for name in runs if name.endswith("_bt")]
     assert {base for _, base in pairs} >= {"full", "lora", "freeze", "adapter", "ia3", "prompt_tuning",
-                                           "prefix_tuning"}  # fmt: skip
+                                           "prefix_tuning", "qlora"}  # fmt: skip
     for bt, base in pairs:
         assert runs[bt]["augmented"] and not runs[base]["augmented"], bt
         assert {k: v for k, v in runs[bt].items() if k != "augmented"} == {
