@@ -13,8 +13,9 @@ Writes metrics/study.json                 every measurement with its 95% interva
 
 At each size n of `study.draws`, draw d (d = 0 .. draws[n] - 1) samples n verses per class afresh from the pool,
 seeded by d, and seeds training with d; the draws are nested (draw d's 8 verses are among its 32). Every run of
-`study.runs` and `study.baselines` trains on each draw; each run of `study.augmented` also trains, at the sizes it
-lists, on the draw plus its back-translated paraphrases (<run>_bt). Forgetting:
+`study.runs` and `study.baselines` trains on each draw; each of `study.sized_runs` (run: sizes) on each draw of the
+sizes it lists only, so the costly cells fit the study's budget; each run of `study.augmented` also trains, at the
+sizes it lists, on the draw plus its back-translated paraphrases (<run>_bt). Forgetting:
 `study.forgetting_run` at the default size (the pipeline's train_per_class) at each of `forgetting_lr_scales`, and
 the validation perplexity of the pre-training objective of its fine-tuned body. Early stopping and the baselines'
 choices see the validation split only; the test split is only scored. Intervals resample test chapters and draws
@@ -71,6 +72,11 @@ class StudyParams:
     checkpoint_runs: list[str] = field(default_factory=list)  # init checkpoint runs, trained at checkpoint_sizes
     checkpoint_sizes: list[int] = field(default_factory=list)  # ... only (they, and SetFit, take minutes per cell)
     checkpoint_train: dict = field(default_factory=dict)  # finetune.train keys overridden for checkpoint runs
+    sized_runs: dict[str, list[int]] = field(default_factory=dict)  # finetune runs trained at these sizes only
+
+    def trained(self) -> list[str]:
+        """Every fine-tuned run of the study, in report order."""
+        return [*self.runs, *self.sized_runs, *self.checkpoint_runs]
 
     def validate(self):
         if unknown := [n for n in self.checkpoint_sizes if n not in self.draws]:
@@ -79,8 +85,12 @@ class StudyParams:
             yield f"checkpoint_runs: {both} are in study.runs too; a checkpoint run belongs in checkpoint_runs only"
         if not self.draws or min(self.draws) < 1 or min(self.draws.values()) < 1:
             yield f"draws: {{verses per class: draws}}, each >= 1, got {self.draws}"
-        if unknown := [r for r in self.augmented if r not in [*self.runs, *self.baselines]]:
-            yield f"augmented: {unknown} are not in study.runs or study.baselines"
+        if both := sorted(set(self.sized_runs) & {*self.runs, *self.checkpoint_runs}):
+            yield f"sized_runs: {both} are in study.runs or checkpoint_runs too; list a run once"
+        if unknown := sorted({n for sizes in self.sized_runs.values() for n in sizes} - set(self.draws)):
+            yield f"sized_runs: sizes {unknown} are not sizes of study.draws"
+        if unknown := [r for r in self.augmented if r not in [*self.runs, *self.sized_runs, *self.baselines]]:
+            yield f"augmented: {unknown} are not in study.runs, sized_runs or baselines"
         if unknown := sorted({n for sizes in self.augmented.values() for n in sizes} - set(self.draws)):
             yield f"augmented: sizes {unknown} are not sizes of study.draws"
         if any(s <= 0 for s in self.forgetting_lr_scales):
@@ -528,7 +538,7 @@ def plan(p: StudyParams, runs: dict, baselines: dict, default: int) -> list[Cell
     for n in sorted(p.draws):
         for d in range(p.draws[n]):
             bt = {r for r, sizes in p.augmented.items() if n in sizes}  # augmented at this size
-            for name in p.runs:
+            for name in [*p.runs, *(r for r, at in p.sized_runs.items() if n in at)]:
                 ppl = name == p.forgetting_run and n == default and d < p.forgetting_draws
                 cells.append(Cell(name, n, d, lr_scale=runs[name].lr_scale, perplexity=ppl))
                 if name in bt:
@@ -557,7 +567,7 @@ def run(p: StudyParams) -> dict:
     start = time.perf_counter()
     t0 = load_params("finetune.train", TrainParams)
     ep = load_params("evaluate", EvaluateParams)
-    runs = {name: load_params(f"finetune.runs.{name}", RunParams) for name in {*p.runs, p.forgetting_run}}
+    runs = {name: section("finetune", name, RunParams) for name in {*p.runs, *p.sized_runs, p.forgetting_run}}
     if runs[p.forgetting_run].init != "pretrained":
         raise ParamsError(f"forgetting_run: {p.forgetting_run!r} must have init pretrained")
     if own := sorted(name for name, r in runs.items() if r.init == "checkpoint"):
@@ -584,11 +594,11 @@ def run(p: StudyParams) -> dict:
             by_cell.setdefault((c.name, c.size), []).append(res)
 
     shares = {}
-    for name in [*p.runs, *p.checkpoint_runs]:
+    for name in p.trained():
         trainable, total = count_params(build_classifier(runs[name], PRETRAINED, len(x.labels), t0))
         shares[name] = round(trainable / total, 5)
     info = {name: {"init": r.init, "augmented": False, "method": r.method} for name, r in runs.items()
-            if name in [*p.runs, *p.checkpoint_runs]}  # fmt: skip
+            if name in p.trained()}  # fmt: skip
     info |= {b: {"init": "none", "augmented": False, "method": baseline_method(baselines[b])} for b in p.baselines}
     info |= {f"{r}_bt": {**info[r], "augmented": True} for r in p.augmented}
     boot = Bootstrap(list(zip(x.test["book"], x.test["chapter"], strict=True)), ep.replicates, ep.seed)
@@ -596,12 +606,12 @@ def run(p: StudyParams) -> dict:
     sizes = sorted(p.draws)
     result = {
         "sizes": sizes, "draws": {str(n): p.draws[n] for n in sizes}, "default_size": default,
-        "runs": [*p.runs, *p.checkpoint_runs], "baselines": p.baselines, "pool": len(x.pool["label"]),
+        "runs": p.trained(), "baselines": p.baselines, "pool": len(x.pool["label"]),
         "workers": p.workers,
         "test_examples": len(refs), "test_chapters": len(set(boot.ids.tolist())), "forgetting_run": p.forgetting_run,
         "interval": "95%, bootstrap over test chapters and labeled draws; gaps paired", "trainable_share": shares,
         "data_efficiency": {name: {str(n): cell_summary(by_cell[(name, n)], refs, boot, k) for n in sizes
-                                   if (name, n) in by_cell} for name in [*p.runs, *p.checkpoint_runs, *p.baselines]},
+                                   if (name, n) in by_cell} for name in [*p.trained(), *p.baselines]},
         "augmentation": {name: {str(n): {**cell_summary(by_cell[(f"{name}_bt", n)], refs, boot, k),
                                          "gain": gap(by_cell, (f"{name}_bt", n), (name, n), refs, boot),
                                          "paraphrases": statistics.fmean(r["paraphrases"]

@@ -42,6 +42,8 @@ def test_the_claims_follow_the_runs_present():
         ("full_bt", "full", 2, "at_least"), ("tfidf_bt", "tfidf", 2, "at_least"),
     ]  # fmt: skip
     assert applicable({"full": runs["full"]}) == []
+    qlora = applicable({**runs, "qlora": {"init": "pretrained", "augmented": False}})
+    assert ("qlora", "lora", 2, "within") in [(c.a, c.b, c.threshold, c.kind) for c in qlora]
 
 
 def test_the_real_checkpoint_claims_and_the_modern_bars():

@@ -115,12 +115,31 @@ def test_perplexity_of_an_untouched_body_is_the_pretrained_models_and_moves_when
 
 
 @pytest.mark.slow
+def test_sized_runs_train_at_their_sizes_only_and_are_checked_against_the_draws():
+    from stages.common import ParamsError, from_dict
+    from stages.study import StudyParams, plan
+
+    base = {"draws": {8: 2, 32: 3}, "runs": ["full"], "baselines": [], "augmented": {}, "forgetting_run": "full",
+            "forgetting_lr_scales": [], "forgetting_draws": 1, "checkpoint_runs": [], "checkpoint_sizes": [],
+            "checkpoint_train": {}}  # fmt: skip
+    p = from_dict(StudyParams, {**base, "sized_runs": {"qlora": [32]}}, "study")
+    runs = {name: type("Run", (), {"lr_scale": 1.0})() for name in ("full", "qlora")}
+    cells = plan(p, runs, {}, default=32)
+    assert sorted((c.run, c.size, c.draw) for c in cells if c.run == "qlora") == [("qlora", 32, d) for d in range(3)]
+    assert len([c for c in cells if c.run == "full"]) == 5 and p.trained() == ["full", "qlora"]
+    with pytest.raises(ParamsError, match="sized_runs: sizes \\[64\\] are not sizes of study.draws"):
+        from_dict(StudyParams, {**base, "sized_runs": {"qlora": [64]}}, "study")
+    with pytest.raises(ParamsError, match="sized_runs: \\['full'\\] are in study.runs"):
+        from_dict(StudyParams, {**base, "sized_runs": {"full": [8]}}, "study")
+
+
 def test_study_runs_as_its_own_dvc_target_and_reports_every_cell(tiny_project, tmp_path):
     project = tmp_path / "p"
     shutil.copytree(tiny_project, project, symlinks=True)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["study"].update(draws={2: 2, 8: 2}, augmented={"full": [2], "tfidf": [2]},
-                           forgetting_lr_scales=[1.0, 0.1], forgetting_draws=1, checkpoint_sizes=[8])  # fmt: skip
+    params["study"].update(draws={2: 2, 8: 2}, augmented={"full": [2], "tfidf": [2]}, sized_runs={"qlora": [8]},
+                           runs=["scratch", "full", "lora"], forgetting_lr_scales=[1.0, 0.1], forgetting_draws=1,
+                           checkpoint_sizes=[8])  # fmt: skip
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "study" not in run(["dvc", "repro"], project).stdout  # the main pipeline does not run it
     assert not (project / "metrics/study.json").exists()
@@ -132,7 +151,7 @@ def test_study_runs_as_its_own_dvc_target_and_reports_every_cell(tiny_project, t
         for size in ("2", "8"):
             c = s["data_efficiency"][name][size]
             assert len(c["values"]) == 2 and c["accuracy_ci95"][0] <= c["accuracy"] <= c["accuracy_ci95"][1]
-    for name in ("minilm", "minilm_dapt", "setfit"):  # checkpoint runs and SetFit: at checkpoint_sizes only
+    for name in ("minilm", "minilm_dapt", "setfit", "qlora"):  # at checkpoint_sizes or sized_runs' sizes only
         assert set(s["data_efficiency"][name]) == {"8"} and len(s["data_efficiency"][name]["8"]["values"]) == 2
     assert (project / "models/4_dapt/config.json").exists()  # study/dvc.yaml's dapt ran first
     assert set(s["augmentation"]) == {"full", "tfidf"} and set(s["augmentation"]["full"]) == {"2"}
@@ -143,6 +162,8 @@ def test_study_runs_as_its_own_dvc_target_and_reports_every_cell(tiny_project, t
     assert set(ppl) == {"0.1", "1", f"{own:g}"} and all(v["perplexity"]["mean"] > 1 for v in ppl.values())
     report = (project / "reports/study.md").read_text()
     assert "## The claims, decided by the interval of the gap" in report and "LoRA comes within 2 points" in report
+    assert "QLoRA (a 4-bit body) comes within 2 points of LoRA: **" in report  # where qlora trained: 8 per class
+    assert 0 < s["trainable_share"]["qlora"] < 1
     assert (project / "reports/study/data_efficiency.png").read_bytes()[:4] == b"\x89PNG"
     with gzip.open(project / "data/8_study/predictions.jsonl.gz", "rt") as f:
         rows = [json.loads(line) for line in f]
