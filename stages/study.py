@@ -216,6 +216,7 @@ def report(s: dict) -> str:
         *claim_rows, *([forgetting_claim(s["forgetting"], s["forgetting_run"])] if s.get("forgetting") else []),
         "", "## Data efficiency: test accuracy [95% CI] by labeled verses per class", "", *table, "",
         "![data efficiency](study/data_efficiency.png)", "",
+        *method_lines(s),
     ]  # fmt: skip
     if aug := s.get("augmentation"):
         lines += ["## Back-translation", "",
@@ -238,6 +239,23 @@ def report(s: dict) -> str:
                          f"| {with_ci(v)} |")  # fmt: skip
         lines.append("")
     return "\n".join(lines)
+
+
+def method_lines(s: dict) -> list[str]:
+    """What each fine-tuning method trains and what its body's weights take in memory (matrices: the linear layers'
+    weights, 4-bit ones with their quantization state; other: embeddings, norms, biases), beside its accuracy at the
+    default size."""
+    if "weight_bytes" not in s:
+        return []
+    n, de = str(s["default_size"]), s["data_efficiency"]
+    out = [f"## Fine-tuning methods: what trains, and the body's weights in memory ({n} per class)", "",
+           "| run | method | trainable share | body matrices, MB | body other, MB | test accuracy |",
+           "|---|---|---|---|---|---|"]  # fmt: skip
+    for r, b in s["weight_bytes"].items():
+        acc = with_ci(de[r][n]) if n in de.get(r, {}) else "-"
+        out.append(f"| {r} | {s['methods'][r]} | {s['trainable_share'][r]:.2%} | {b['matrices'] / 1e6:.2f} | "
+                   f"{b['other'] / 1e6:.2f} | {acc} |")  # fmt: skip
+    return [*out, ""]
 
 
 def translation_lines(q: dict | None) -> list[str]:
@@ -562,7 +580,7 @@ def run(p: StudyParams) -> dict:
     from stages.baseline import BaselineParams, BaselineRunParams
     from stages.evaluate import EvaluateParams
     from stages.finetune import RunParams, TrainParams, build_classifier
-    from stages.methods import count_params
+    from stages.methods import count_params, weight_bytes
 
     start = time.perf_counter()
     t0 = load_params("finetune.train", TrainParams)
@@ -593,10 +611,11 @@ def run(p: StudyParams) -> dict:
         if c.main:
             by_cell.setdefault((c.name, c.size), []).append(res)
 
-    shares = {}
+    shares, base_bytes = {}, {}
     for name in p.trained():
-        trainable, total = count_params(build_classifier(runs[name], PRETRAINED, len(x.labels), t0))
-        shares[name] = round(trainable / total, 5)
+        model = build_classifier(runs[name], PRETRAINED, len(x.labels), t0)
+        trainable, total = count_params(model)
+        shares[name], base_bytes[name] = round(trainable / total, 5), weight_bytes(model.body)
     info = {name: {"init": r.init, "augmented": False, "method": r.method} for name, r in runs.items()
             if name in p.trained()}  # fmt: skip
     info |= {b: {"init": "none", "augmented": False, "method": baseline_method(baselines[b])} for b in p.baselines}
@@ -610,6 +629,7 @@ def run(p: StudyParams) -> dict:
         "workers": p.workers,
         "test_examples": len(refs), "test_chapters": len(set(boot.ids.tolist())), "forgetting_run": p.forgetting_run,
         "interval": "95%, bootstrap over test chapters and labeled draws; gaps paired", "trainable_share": shares,
+        "weight_bytes": base_bytes, "methods": {name: info[name]["method"] for name in p.trained()},
         "data_efficiency": {name: {str(n): cell_summary(by_cell[(name, n)], refs, boot, k) for n in sizes
                                    if (name, n) in by_cell} for name in [*p.trained(), *p.baselines]},
         "augmentation": {name: {str(n): {**cell_summary(by_cell[(f"{name}_bt", n)], refs, boot, k),

@@ -164,6 +164,9 @@ def test_study_runs_as_its_own_dvc_target_and_reports_every_cell(tiny_project, t
     assert "## The claims, decided by the interval of the gap" in report and "LoRA comes within 2 points" in report
     assert "QLoRA (a 4-bit body) comes within 2 points of LoRA: **" in report  # where qlora trained: 8 per class
     assert 0 < s["trainable_share"]["qlora"] < 1
+    assert s["weight_bytes"]["qlora"]["matrices"] < 0.3 * s["weight_bytes"]["lora"]["matrices"]  # 4-bit vs fp32
+    assert s["weight_bytes"]["qlora"]["other"] == s["weight_bytes"]["lora"]["other"]  # embeddings, norms stay fp32
+    assert "| qlora | qlora | " in report
     assert (project / "reports/study/data_efficiency.png").read_bytes()[:4] == b"\x89PNG"
     with gzip.open(project / "data/8_study/predictions.jsonl.gz", "rt") as f:
         rows = [json.loads(line) for line in f]
