@@ -162,7 +162,7 @@ def test_study_runs_as_its_own_dvc_target_and_reports_every_cell(tiny_project, t
     assert set(ppl) == {"0.1", "1", f"{own:g}"} and all(v["perplexity"]["mean"] > 1 for v in ppl.values())
     report = (project / "reports/study.md").read_text()
     assert "## The claims, decided by the interval of the gap" in report and "LoRA comes within 2 points" in report
-    assert "QLoRA (a 4-bit body) comes within 2 points of LoRA: **" in report  # where qlora trained: 8 per class
+    assert "QLoRA (a 4-bit body) comes within 2 points of LoRA at 8 per class: **" in report  # where it trained
     assert 0 < s["trainable_share"]["qlora"] < 1
     assert s["weight_bytes"]["qlora"]["matrices"] < 0.3 * s["weight_bytes"]["lora"]["matrices"]  # 4-bit vs fp32
     assert s["weight_bytes"]["qlora"]["other"] == s["weight_bytes"]["lora"]["other"]  # embeddings, norms stay fp32
