@@ -27,15 +27,16 @@ anything (between two stages no DVC lock is held, so DVC alone would let the sec
 first fail). A `dvc repro` typed in a shell meanwhile meets DVC's own locks, and the task reports that the same way.
 
 With `params` overrides (`--set key=value`, repeatable) the flow runs the whole pipeline as ONE task, `exp_run`,
-i.e. `dvc exp run --set-param key=value ...`, so the run is a recorded DVC experiment (`dvc exp show` lists it).
-Per-stage tasks would be dishonest there: `dvc repro` of single stages records no experiment. As with `dvc exp run`,
-the changed params.yaml and the results are left in the workspace.
+i.e. `dvc exp run --temp --set-param key=value ...`: DVC runs it in a temporary copy and records it as an experiment
+(`dvc exp show` lists it, `dvc exp apply <name>` brings its params and results into the workspace). The workspace,
+params.yaml included, stays as committed, so a run from the UI with other params never changes what the next
+scheduled run uses. Per-stage tasks would be dishonest there: `dvc repro` of single stages records no experiment.
 
-After the stages, the flow publishes what the pipeline reported, if it exists: reports/evaluate.md as a markdown
-artifact (`evaluation-report`), metrics/evaluate.json as a table of runs (`evaluation-metrics`) and
-reports/gates/*.json as a table of gates (`gate-reports`) and a table of every expectation with its pass/fail, the
-value observed and its bound (`gate-expectations`); and reports/study.md, the study's claims over seeds, sizes and
-learning rates, when the checkout has one (`study-report`).
+After the stages, the flow publishes what the pipeline reported (an experiment's: its commit's), if it exists:
+reports/evaluate.md as a markdown artifact (`evaluation-report`), metrics/evaluate.json as a table of runs
+(`evaluation-metrics`) and reports/gates/*.json as a table of gates (`gate-reports`) and a table of every
+expectation with its pass/fail, the value observed and its bound (`gate-expectations`); and reports/study.md, the
+study's claims over seeds, sizes and learning rates, when the checkout has one (`study-report`).
 """
 
 import argparse
@@ -46,6 +47,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -166,13 +168,35 @@ def run_stage(stage: str, root: Path, force: bool = False) -> str:
 
 @task(name="exp_run", task_run_name="exp_run", retries=0, cache_policy=NO_CACHE)
 def exp_run(root: Path, params: dict[str, Any], force: bool = False) -> str:
-    """Run the whole pipeline as one DVC experiment with `params` overridden; return the experiment's name."""
-    args = ["exp", "run", *(["--force"] if force else [])]
+    """Run the whole pipeline as one DVC experiment with `params` overridden, in a temporary copy (the workspace is
+    left as it is); return the experiment's name."""
+    args = ["exp", "run", "--temp", *(["--force"] if force else [])]
     for key, value in params.items():  # DVC reads values as YAML; JSON is YAML: 3, true, [1, 2]
         args += ["--set-param", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
     tail = run_dvc(args, root, get_run_logger())
     names = [line.removeprefix(EXP_RAN) for line in tail if line.startswith(EXP_RAN)]
-    return names[-1] if names else "reproduced"
+    if not names:
+        raise RuntimeError(f"dvc exp run recorded no experiment; its last lines:\n{chr(10).join(tail)}")
+    return names[-1]
+
+
+@contextlib.contextmanager
+def experiment_files(root: Path, name: str) -> Iterator[Path]:
+    """The metrics/ and reports/ files of experiment `name`'s commit (git-tracked: DVC's uncached outputs), in a
+    temporary folder laid out like the workspace, for publish_reports."""
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, check=True).stdout
+
+    refs = git("for-each-ref", "--format=%(objectname) %(refname)", "refs/exps").decode().splitlines()
+    revs = [sha for sha, ref in (line.split(" ", 1) for line in refs) if ref.rsplit("/", 1)[-1] == name]
+    if not revs:
+        raise RuntimeError(f"{root}: no git ref of experiment {name!r} under refs/exps")
+    with tempfile.TemporaryDirectory(prefix="experiment-") as tmp:
+        for path in git("ls-tree", "-r", "--name-only", revs[0], "--", "metrics", "reports").decode().splitlines():
+            (Path(tmp) / path).parent.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / path).write_bytes(git("show", f"{revs[0]}:{path}"))
+        yield Path(tmp)
 
 
 def stage_tasks(root: Path) -> dict[str, Task[..., str]]:
@@ -246,7 +270,8 @@ def publish_reports(root: Path) -> list[str]:
 def pipeline(root: Path | None = None, params: dict[str, Any] | None = None, force: bool = False) -> dict[str, str]:
     """Reproduce the DVC pipeline in `root` (default: the current directory), one task per stage.
 
-    With `params` (dotted key -> value), run it instead as one DVC experiment with those params changed.
+    With `params` (dotted key -> value), run it instead as one DVC experiment with those params changed, in a
+    temporary copy: the workspace and its params.yaml stay as committed.
     With `force`, rerun every stage even if DVC finds it up to date (`dvc repro --force`).
     Returns stage -> "reproduced" / "up to date", or {"exp_run": the experiment's name}.
     """
@@ -254,9 +279,11 @@ def pipeline(root: Path | None = None, params: dict[str, Any] | None = None, for
     with workspace_lock(root):  # a second run in this workspace fails here, before any stage
         if params:
             outcomes = {"exp_run": exp_run(root, params, force)}
+            with experiment_files(root, outcomes["exp_run"]) as files:
+                published = publish_reports(files)
         else:
             outcomes = {stage: stage_task(stage, root, force) for stage, stage_task in stage_tasks(root).items()}
-        published = publish_reports(root)
+            published = publish_reports(root)
     get_run_logger().info("stages: %s; artifacts: %s", outcomes, published or "none")
     return outcomes
 

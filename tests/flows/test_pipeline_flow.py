@@ -6,6 +6,7 @@ evaluation is published as artifacts.
 import argparse
 import json
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -155,7 +156,16 @@ def test_params_override_runs_a_dvc_experiment(
     ]
     assert [rev["name"] for rev in experiments] == [state.result()["exp_run"]]
     assert experiments[0]["data"]["params"]["params.yaml"]["data"]["x"]["y"] == 3
-    assert (root / "prepared.txt").read_text() == "15"  # the experiment's results are left in the workspace
+    large = experiments[0]["data"]["metrics"]["metrics/evaluate.json"]["data"]["runs"]["large"]
+    assert large["accuracy"] == 1.5  # prepare.n * x.y * scale / 100 = 5 * 3 * 10 / 100: the override reached DVC
+    # ran in a temporary copy: the workspace, params.yaml included, is as committed
+    assert not (root / "prepared.txt").exists()
+    assert yaml.safe_load((root / "params.yaml").read_text())["x"]["y"] == 1
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout == ""
+
+    state, _ = run_flow(root)  # the next (scheduled) run: the committed params
+    assert state.is_completed(), state.message
+    assert (root / "prepared.txt").read_text() == "5"
 
 
 def experiment_revs(baseline: dict[str, Any]) -> list[dict[str, Any]]:
