@@ -16,9 +16,9 @@ import pytest
 import yaml
 from datasets import Dataset, load_from_disk
 
+from bench.clean_executors import without_measurements
 from bench.clusters import ray_head, slurm_local
 from stages.clean import IN, CleanParams, executor, pipelines
-from stages.common import MEASURED
 from tests.stages.test_clean import ROOT, P, clean_corpus, dedup_docs
 
 PATCH = "docs/patches/clean-executors.patch"
@@ -28,13 +28,6 @@ SHARDED = dict(tasks=3, workers=2)  # the settings of test_several_tasks_and_wor
 def docs() -> list[dict]:
     """dedup_docs twice, the copies in other shards than their originals: dedup works across tasks."""
     return dedup_docs() + [{"id": f"{d['id']}#2", "text": d["text"]} for d in dedup_docs()]
-
-
-def without_measurements(node):
-    """Metrics with the measurements of one execution (MEASURED: seconds, ...) taken out, at any depth."""
-    if isinstance(node, dict):
-        return {k: without_measurements(v) for k, v in node.items() if k not in MEASURED}
-    return node
 
 
 def assert_same_output(got: tuple[dict, Path], expected: tuple[dict, Path]):
