@@ -68,8 +68,9 @@ def stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
 def ray_head(num_cpus: int = 2, timeout: float = 180) -> Iterator[str]:
     """A local Ray head with `num_cpus` CPUs and no dashboard; yields its address (for RAY_ADDRESS).
 
-    Its workers get TMPDIR = the head's temp folder, so what datatrove's Ray executor leaves in the system temp dir
-    (ray_logs/) goes with it. A driver of this process is disconnected (ray.shutdown) before the head stops.
+    Its workers run in the head's temp folder (Ray starts tasks in the folder the raylet started in, not the
+    driver's), with TMPDIR there too, so what datatrove's Ray executor leaves in the system temp dir (ray_logs/)
+    goes with it. A driver of this process is disconnected (ray.shutdown) before the head stops.
     """
     tmp = Path(tempfile.mkdtemp(prefix="ray-"))
     port = free_port()
@@ -79,7 +80,7 @@ def ray_head(num_cpus: int = 2, timeout: float = 180) -> Iterator[str]:
     log = tmp / "head.log"
     env = {**os.environ, "TMPDIR": str(tmp), "RAY_USAGE_STATS_ENABLED": "0"}
     with open(log, "w") as out:
-        head = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        head = subprocess.Popen(cmd, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while "Ray runtime started" not in log.read_text():
