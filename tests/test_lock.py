@@ -1,5 +1,6 @@
-"""requirements.lock: every dependency pyproject.toml declares (dev and models extras too) is pinned there at a version
-its range allows, so `make` installs what the commit was tested with; torch is pinned by the Makefile instead."""
+"""requirements.lock: every dependency pyproject.toml declares (dev, models and ray extras too) is pinned there at a
+version its range allows, so `make` installs what the commit was tested with; torch is pinned by the Makefile
+instead."""
 
 import re
 import tomllib
@@ -19,7 +20,7 @@ def pins(text: str) -> dict[str, str]:
 def declared() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    return [Requirement(r) for r in [*project["dependencies"], *extras["dev"], *extras["models"]]]
+    return [Requirement(r) for r in [*project["dependencies"], *extras["dev"], *extras["models"], *extras["ray"]]]
 
 
 def test_every_declared_dependency_is_locked_at_a_version_its_range_allows():

@@ -123,8 +123,7 @@ def chapter(rows: list[dict], book: str, n: int) -> str:
     return "\n".join(r["text"] for r in rows if (r["book"], r["chapter"]) == (book, n))
 
 
-@pytest.fixture(scope="module")
-def dedup_corpus() -> list[dict]:
+def dedup_docs() -> list[dict]:
     """Genesis 1 (WEB) four ways, Genesis 2, Genesis 1 in KJV and in Spanish: one document per dedup outcome."""
     web, kjv, sparv = (read_raw(ROOT / f"data/raw/{t}.jsonl.gz") for t in ("web", "kjv", "sparv"))
     gen1 = chapter(web, "Gen", 1)
@@ -138,6 +137,11 @@ def dedup_corpus() -> list[dict]:
         "sparv/Gen.1": chapter(sparv, "Gen", 1),
     }
     return [{"id": k, "text": v} for k, v in texts.items()]
+
+
+@pytest.fixture(scope="module")
+def dedup_corpus() -> list[dict]:
+    return dedup_docs()
 
 
 def clean_corpus(docs: list[dict], tmp: Path, p: CleanParams = P) -> tuple[dict, Path]:
