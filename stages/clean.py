@@ -29,6 +29,7 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -215,7 +216,8 @@ def pipelines(p: CleanParams, src: Path, work: Path) -> list[tuple[str, list, in
 
     from stages.clean_steps import CorpusReader, RankReader, document_priority, document_text
 
-    head, out, n = [CorpusReader(str(src)), *(step for _, step in steps(p, work))], [], p.tasks
+    # absolute: Ray runs tasks in the folder its raylet started in (datatrove's own paths are absolute already)
+    head, out, n = [CorpusReader(str(Path(src).absolute())), *(step for _, step in steps(p, work))], [], p.tasks
     filtered, deduped, ex, mh = (str(work / d) for d in ("filtered", "deduped", "exact", "minhash"))
     if p.exact_dedup:
         config = dedup.ExactDedupConfig(content_getter=document_text, document_priority=document_priority)
@@ -265,19 +267,51 @@ def executor(p: CleanParams, name: str, pipeline: list, tasks: int, logs: Path, 
 
 
 def run_datatrove(p: CleanParams, src: Path, work: Path) -> None:
-    """Every pipeline run to completion, in order (Slurm: submitted as a dependency chain, then waited for)."""
+    """Every pipeline run to completion, in order (Slurm: submitted as a dependency chain, then waited for).
+
+    A failed task stops the run with an error: datatrove's Ray executor logs it and returns, and Slurm keeps the
+    jobs after a failed one pending for ever, so both would otherwise leave the next step waiting for good.
+    """
     if p.executor == "ray" and importlib.util.find_spec("ray") is None:  # datatrove builds the executor without it
         fail("clean.executor: ray, but the `ray` package is not installed here; `pip install 'ray[default]'` on the "
              "machine that submits (a Ray cluster's head or a client), or set clean.executor: local")  # fmt: skip
-    last = None
+    chain, last = {}, None
     for name, pipeline, tasks in pipelines(p, src, work):
-        last = executor(p, name, pipeline, tasks, work / "logs", depends=last)
+        last = chain[name] = executor(p, name, pipeline, tasks, work / "logs", depends=last)
         if p.executor != "slurm":
             last.run()
+            if failed := last.get_incomplete_ranks():
+                fail(f"clean: pipeline {name}: task(s) {failed} of {tasks} failed, with the error logged above")
     if p.executor == "slurm":
         last.run()  # submits the whole chain
         while last.get_incomplete_ranks():
+            if failed := slurm_failed(chain, work / "logs"):
+                subprocess.run(["scancel", *(str(ex.job_id) for ex in chain.values())], capture_output=True)
+                fail(failed)
             time.sleep(30)
+
+
+# Slurm job states after which a job's ranks never complete.
+SLURM_FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+
+
+def slurm_failed(chain: dict, logs: Path) -> str | None:
+    """Why the chain of Slurm jobs {pipeline: executor} will not finish, None while it may: a job failed (Slurm
+    keeps the jobs after it pending for ever), or none of them is known to Slurm any more."""
+    ids = {str(ex.job_id): name for name, ex in chain.items() if ex.job_id not in (None, -1)}
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%F %T", "-j", ",".join(ids)], capture_output=True,
+                         text=True).stdout  # fmt: skip
+    states = {}  # array job id -> the states of its tasks
+    for job, state in (line.split() for line in out.splitlines()):
+        states.setdefault(job, set()).add(state)
+    for job, name in ids.items():
+        if states.get(job, set()) & SLURM_FAILED:
+            log = sorted((logs / name / "slurm_logs").glob("*.out"))
+            tail = " | ".join(log[0].read_text().splitlines()[-3:]) if log else "no log"
+            return f"clean: the Slurm job of pipeline {name} failed ({tail})"
+    if not states and list(chain.values())[-1].get_incomplete_ranks():
+        return "clean: the Slurm jobs left the queue with the last pipeline's tasks unfinished"
+    return None
 
 
 # The params.yaml key that lets more documents through, per drop reason (`empty` has none: the text itself is gone).

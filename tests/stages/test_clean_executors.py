@@ -1,6 +1,7 @@
 """clean on real clusters: its Ray and Slurm executors run on a Ray head and a one-node Slurm started here on
 127.0.0.1 (bench/clusters.py; stopped after), and write the bytes the local executor writes (tests/stages/
-test_clean.py builds them only). The xfail tests are what docs/patches/clean-executors.patch fixes in stages/clean.py.
+test_clean.py builds them only).
+A failed Ray task or Slurm job stops the run with an error instead of leaving the next step waiting for ever.
 """
 
 import dataclasses
@@ -21,7 +22,6 @@ from bench.clusters import ray_head, slurm_local
 from stages.clean import IN, CleanParams, executor, pipelines
 from tests.stages.test_clean import ROOT, P, clean_corpus, dedup_docs
 
-PATCH = "docs/patches/clean-executors.patch"
 SHARDED = dict(tasks=3, workers=2)  # the settings of test_several_tasks_and_workers_give_byte_identical_output
 
 
@@ -101,7 +101,6 @@ def test_ray_executor_writes_the_local_executors_bytes(local_output, ray_params,
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=f"{PATCH}: CorpusReader gets the corpus path as given, relative to the driver")
 def test_ray_tasks_find_a_corpus_given_by_a_relative_path(ray_params, tmp_path, monkeypatch):
     """`python -m stages.clean` passes data/1_ingest/corpus; Ray runs tasks in the folder its raylet started in.
     The first pipeline only: after a failed Ray task the next pipeline would wait for ever (the test below)."""
@@ -114,7 +113,6 @@ def test_ray_tasks_find_a_corpus_given_by_a_relative_path(ray_params, tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=f"{PATCH}: a failed Ray task is logged, and the next pipeline waits for ever")
 def test_a_failed_ray_task_stops_the_run_with_an_error(ray_params, tmp_path):
     done = run_in_child(ray_params, tmp_path / "missing", tmp_path, timeout=120)
     assert done is not None, "still waiting after 120 s"
@@ -129,7 +127,6 @@ def test_slurm_executor_writes_the_local_executors_bytes(local_output, slurm_par
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=f"{PATCH}: Slurm keeps the jobs after a failed one pending; clean polls on")
 def test_a_failed_slurm_job_stops_the_run_with_an_error(slurm_params, slurm_conf, tmp_path):
     try:
         done = run_in_child(slurm_params, tmp_path / "missing", tmp_path, timeout=150)
