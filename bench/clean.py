@@ -27,13 +27,12 @@ import os
 import platform
 import random
 import resource
-import shlex
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import provenance
 from bench.memory import peaks, run_child
 from stages.common import load_params, write_json
 
@@ -160,8 +159,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ratio = round(last["seconds"] / first["seconds"], 3)
     stage_s = rows.get(f"{args.overhead_size}x", {}).get("seconds")
     report = {
-        "command": shlex.join(["python", "-m", "bench.clean", *(sys.argv[1:] if argv is None else argv)]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **provenance("bench.clean", argv),
         "base": {
             "documents": rows[f"{sizes[0]}x"]["documents"] // sizes[0],
             "of_bundled": 1902,

@@ -22,18 +22,17 @@ import dataclasses
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
+from bench import provenance
 from stages.common import MEASURED, load_params, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,8 +165,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     for row in rows.values():
         del row["metrics"]
     report = {
-        "command": shlex.join(["python", "-m", "bench.clean_executors", *(sys.argv[1:] if argv is None else argv)]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **provenance("bench.clean_executors", argv),
         "corpus": {"src": str(args.src), "documents": len(corpus), "mb": round(mb, 3), "documents_kept": kept},
         "tasks": args.tasks,
         "workers": args.workers,

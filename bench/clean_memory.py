@@ -18,13 +18,12 @@ import argparse
 import dataclasses
 import json
 import os
-import shlex
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import provenance
 from bench.clean import build_in_child
 from bench.memory import peaks, run_child
 from stages.common import load_params, write_json
@@ -78,8 +77,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             rows[f"{n}x"] = {**built, "pipelines": per}
     first, last = rows[f"{sizes[0]}x"]["pipelines"], rows[f"{sizes[-1]}x"]["pipelines"]
     report = {
-        "command": shlex.join(["python", "-m", "bench.clean_memory", *(sys.argv[1:] if argv is None else argv)]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **provenance("bench.clean_memory", argv),
         "base_documents": rows[f"{sizes[0]}x"]["documents"] // sizes[0],
         "sizes": rows,
         f"peak_memory_growth_{sizes[-1] // sizes[0]}x": {

@@ -26,13 +26,11 @@ import argparse
 import dataclasses
 import json
 import random
-import shlex
-import sys
 import tempfile
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import provenance
 from stages.common import load_params, write_json
 
 RAW = Path("data/raw")
@@ -162,8 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         kept = dict(zip(*[load_from_disk(f"{tmp}/out/corpus")[k] for k in ("id", "text")], strict=True))
         dropped = [json.loads(line) for line in Path(tmp, "out/dropped.jsonl").read_text().splitlines()]
     report = {
-        "command": shlex.join(["python", "-m", "bench.clean_quality", *(sys.argv[1:] if argv is None else argv)]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **provenance("bench.clean_quality", argv),
         "documents": len(docs),
         "seed": args.seed,
         "scale": args.scale,

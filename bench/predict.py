@@ -22,9 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import provenance
 from stages.common import write_json
 
 MODEL = Path("models/release")
@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         "classify_seconds": round(classify_s, 2), "classify_texts_per_second": round(len(rows) / classify_s, 1),
         "peak_memory_mb": peak, "truncated": sum(r["truncated"] for r in rows),
         "test_verses": len(verses), "same_labels_as_evaluation": same,
-        "command": shlex.join(["python", "-m", "bench.predict", *(argv if argv is not None else sys.argv[1:])]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **provenance("bench.predict", argv),
     }  # fmt: skip
     write_json(report, a.out)
     print(json.dumps(report, indent=2))

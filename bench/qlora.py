@@ -25,9 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import provenance
 from stages.common import load_params, write_json
 
 PRETRAINED = Path("models/4_pretrain")
@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         **{f"{k}_ratio": v for k, v in ratio.items()},
         "cpu_seconds_per_step_ratio_by_round": [round(r["qlora"]["cpu_seconds_per_step"] /
                                                       r["lora"]["cpu_seconds_per_step"], 3) for r in rounds],
-        "command": shlex.join(["python", "-m", "bench.qlora", *(argv if argv is not None else sys.argv[1:])]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **provenance("bench.qlora", argv),
     }  # fmt: skip
     write_json(report, a.out)
     print(json.dumps(report, indent=2))

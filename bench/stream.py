@@ -23,13 +23,12 @@ import json
 import os
 import random
 import resource
-import shlex
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import provenance
 from bench.memory import peaks, run_child
 from stages.common import load_params, write_json
 
@@ -135,8 +134,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             rows[f"{n}x"] = {**built, "stages": per}
     first, last = rows[f"{sizes[0]}x"]["stages"], rows[f"{sizes[-1]}x"]["stages"]
     report = {
-        "command": shlex.join(["python", "-m", "bench.stream", *(sys.argv[1:] if argv is None else argv)]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **provenance("bench.stream", argv),
         "base_documents": args.base_docs,
         "sizes": rows,
         "mb_growth": round(rows[f"{sizes[-1]}x"]["mb"] / rows[f"{sizes[0]}x"]["mb"], 3),

@@ -18,14 +18,13 @@ the last.
 import argparse
 import json
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import provenance
 from bench.memory import peaks, run_child
 from stages.common import write_json
 
@@ -93,8 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         "sizes": rows,
         "growth_mb": last["peak_memory_mb"] - first["peak_memory_mb"],
         "parent_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,  # the floor it passes on
-        "command": shlex.join(["python", "-m", "bench.tokenize_memory", *(argv or sys.argv[1:])]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **provenance("bench.tokenize_memory", argv),
     }
     write_json(report, args.out)
     print(f"peak RSS {first['peak_memory_mb']} MB at {sizes[0]}x -> {last['peak_memory_mb']} MB at {sizes[-1]}x "
