@@ -33,7 +33,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from stages.common import load_params, write_json
+from stages.common import write_json
+from stages.presets import load_params
 
 RAW = Path("data/raw")
 REPORT = Path("reports/bench/clean_quality.json")
