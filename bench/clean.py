@@ -34,7 +34,8 @@ from pathlib import Path
 
 from bench import provenance
 from bench.memory import peaks, run_child
-from stages.common import load_params, write_json
+from stages.common import write_json
+from stages.presets import load_params
 
 INGEST = Path("data/1_ingest/corpus")
 REPORT = Path("reports/bench/clean.json")

@@ -33,7 +33,8 @@ from pathlib import Path
 import yaml
 
 from bench import provenance
-from stages.common import MEASURED, load_params, write_json
+from stages.common import MEASURED, write_json
+from stages.presets import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = Path("reports/bench/clean_executors.json")

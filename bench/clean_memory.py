@@ -26,7 +26,8 @@ from pathlib import Path
 from bench import provenance
 from bench.clean import build_in_child
 from bench.memory import peaks, run_child
-from stages.common import load_params, write_json
+from stages.common import write_json
+from stages.presets import load_params
 
 REPORT = Path("reports/bench/clean_memory.json")
 

@@ -31,7 +31,8 @@ from collections import Counter
 from pathlib import Path
 
 from bench import provenance
-from stages.common import load_params, write_json
+from stages.common import write_json
+from stages.presets import load_params
 
 RAW = Path("data/raw")
 REPORT = Path("reports/bench/clean_quality.json")

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from bench import provenance
 from bench.memory import peaks, run_child
-from stages.common import load_params, write_json
+from stages.common import write_json
+from stages.presets import load_params
 
 REPORT = Path("reports/bench/stream.json")
 STAGES = ("ingest", "clean", "tokenize", "pretrain")

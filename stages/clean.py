@@ -36,7 +36,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.common import atomic_dir, fail, load_params, meta, write_json
+from stages.common import atomic_dir, fail, meta, write_json
+from stages.presets import load_params
 
 IN = Path("data/1_ingest/corpus")
 OUT = Path("data/2_clean")

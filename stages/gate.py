@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from stages.common import PARAMS_FILE, load_params, write_json
+from stages.common import PARAMS_FILE, write_json
+from stages.presets import load_params
 from stages.suites import GATES, Keyed
 
 REPORTS = Path("reports/gates")

@@ -73,22 +73,42 @@ TINY = {
 }
 
 
-def set_dotted(params: dict, key: str, value) -> None:
-    node = params
+def set_dotted(params: dict, key: str, value, preset: dict | None = None) -> None:
+    """params[a][b][c] = value for key 'a.b.c'. A key params.yaml leaves to its preset (`preset`: the preset file's
+    mapping) is added to params.yaml's section, as `dvc exp run -S '+clean...'` adds it, and wins over the preset."""
+    node, default = params, preset or {}
     *parents, leaf = key.split(".")
     for k in parents:
+        default = default.get(k) if isinstance(default, dict) else None
+        if k not in node and isinstance(default, dict):
+            node[k] = {}
         node = node[k]
-    if leaf not in node:
-        raise KeyError(f"tiny override {key!r} names no key of params.yaml")
+    if leaf not in node and not (isinstance(default, dict) and leaf in default):
+        raise KeyError(f"tiny override {key!r} names no key of params.yaml or its preset")
     node[leaf] = value
 
 
 def tiny_params(overrides: dict | None = None) -> dict:
-    """params.yaml with the TINY overrides (and any more) applied; an override of an unknown key fails."""
+    """params.yaml with the TINY overrides (and any more) applied; an override of an unknown key fails. A `preset`
+    override is applied first, so that the other overrides may name its keys."""
+    from stages.presets import read_preset
+
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key, value in {**TINY, **(overrides or {})}.items():
-        set_dotted(params, key, value)
+    overrides = {**TINY, **(overrides or {})}
+    params["preset"] = overrides.pop("preset", params["preset"])
+    preset = read_preset(params["preset"], ROOT / "params.yaml")
+    for key, value in overrides.items():
+        set_dotted(params, key, value, preset)
     return params
+
+
+def write_params(folder: Path, params: dict) -> Path:
+    """folder/params.yaml holding `params`, with this project's presets beside it (params/presets), as stages read
+    them; returns the params file."""
+    shutil.copytree(ROOT / "params/presets", folder / "params/presets", dirs_exist_ok=True)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
 
 
 def project_files() -> list[str]:
@@ -117,7 +137,7 @@ def make_project(dest: Path, overrides: dict | None = None) -> Path:
     for f in project_files():
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, dest / f)
-    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(overrides), sort_keys=False))
+    write_params(dest, tiny_params(overrides))
     run(["git", "init", "-q"], dest)
     run(["git", "config", "user.email", "test@example.invalid"], dest)
     run(["git", "config", "user.name", "test"], dest)

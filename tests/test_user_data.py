@@ -1,6 +1,6 @@
-"""A user's own data through the whole pipeline: product reviews (a CSV, 2 labels) and a corpus of review text files,
-in a temp git + DVC repo at tiny sizes; only params.yaml changes. No parallel corpus: Apertium paraphrases the
-reviews all the same."""
+"""A user's own data through the whole pipeline: product reviews (a CSV, 2 labels) and a corpus of one-line reviews
+in text files, in a temp git + DVC repo at tiny sizes; only params.yaml's ingest: and `preset: short_text` change (no
+filter or gate threshold). No parallel corpus: Apertium paraphrases the reviews all the same."""
 
 import json
 import random
@@ -10,7 +10,7 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from tests.conftest import make_project, run
+from tests.conftest import ROOT, make_project, run
 
 pytestmark = pytest.mark.slow
 
@@ -36,24 +36,28 @@ def reviews(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+CORPUS = 1200  # one-line reviews: enough for the gates' size bounds (100 documents, 100 blocks) as they are
+ADJ = ["new", "cheap", "red", "small", "second-hand", "shiny", "heavy", "compact", "basic", "fancy"]
+SHOP = ["the corner shop", "an online store", "the market", "a big chain", "the outlet", "a friend", "the airport",
+        "a discount site", "the local mall", "an auction"]  # fmt: skip
+WHEN = ["({n} days of use)", "(bought {n} weeks ago)", "(day {n})", "(used {n} times)", "(owned for {n} months)"]
+WHO = ["my sister says", "my father thinks", "the neighbours agree", "my son swears", "everyone at work says",
+       "my partner feels", "the kids think", "my mother insists", "our guests say", "a colleague reckons"]  # fmt: skip
+FEEL = ["it was a bargain", "it is too loud", "it looks great", "the colour is odd", "it feels solid",
+        "the cable is too short", "it saves us time", "the lid is loose", "it was overpriced",
+        "it is worth keeping"]  # fmt: skip
+
+
 def corpus_line(rng: random.Random) -> str:
-    """One unlabeled review of 40-60 words, English prose: what a shop's review dump looks like."""
-    item = rng.choice(ITEMS)
-    sentences = [
-        f"I bought the {item} for my {rng.choice(['sister', 'office', 'kitchen', 'father', 'flat'])} a while ago",
-        f"and it {rng.choice(GOOD + BAD)}.",
-        f"The box it came in was {rng.choice(['small', 'huge', 'torn', 'neat'])} and the manual was "
-        f"{rng.choice(['clear', 'useless', 'short', 'in three languages'])}.",
-        f"After {rng.randint(2, 40)} days of use I can say that it is {rng.choice(['fine', 'not bad', 'great'])}",
-        f"for the price, but the {rng.choice(['colour', 'handle', 'lid', 'cable', 'strap'])} could be better.",
-        f"I would {rng.choice(['maybe', 'not', 'happily', 'probably'])} buy another one for my "
-        f"{rng.choice(['mother', 'friend', 'neighbour', 'son'])}.",
-    ]
-    return " ".join(sentences)
+    """One unlabeled one-sentence review of about 20 words, its parts drawn apart (shared phrases, not templates
+    MinHash would take for near duplicates): what a shop's dump of short reviews looks like."""
+    item, when = f"{rng.choice(ADJ)} {rng.choice(ITEMS)}", rng.choice(WHEN).format(n=rng.randint(2, 60))
+    return (f"The {item} from {rng.choice(SHOP)} {rng.choice(GOOD + BAD)} {when}; {rng.choice(WHO)} "
+            f"{rng.choice(FEEL)}.")  # fmt: skip
 
 
 def write_own_data(project: Path) -> None:
-    """data/own/reviews.csv (120 labeled reviews) and data/own/corpus/part-{1,2}.txt (200 reviews, one a line)."""
+    """data/own/reviews.csv (120 labeled reviews) and data/own/corpus/part-{1,2}.txt (1,200 reviews, one a line)."""
     own = project / "data/own"
     (own / "corpus").mkdir(parents=True, exist_ok=True)
     rows = reviews(120)
@@ -61,7 +65,7 @@ def write_own_data(project: Path) -> None:
     (own / "reviews.csv").write_text("\n".join(lines) + "\n")
     rng = random.Random(1)
     for part in (1, 2):
-        (own / f"corpus/part-{part}.txt").write_text("\n".join(corpus_line(rng) for _ in range(100)) + "\n")
+        (own / f"corpus/part-{part}.txt").write_text("\n".join(corpus_line(rng) for _ in range(CORPUS // 2)) + "\n")
 
 
 OWN = {
@@ -70,12 +74,7 @@ OWN = {
     "ingest.task": {"files": "data/own/reviews.csv", "text_column": "review", "label_column": "sentiment"},
     "ingest.val_fraction": 0.2,  # 120 reviews: 12 per class held out for each of validation and test
     "ingest.test_fraction": 0.2,
-    # the gates' bounds are sized for the Bibles; a user sets them for their data, here for 200 short reviews
-    "gate.ingest.min_corpus_documents": 50,
-    "gate.ingest.min_document_chars": 50,
-    "gate.clean.min_documents": 50,
-    "gate.tokenize.min_train_blocks": 10,
-    "gate.tokenize.max_block_token_drift": 0.03,  # packing adds an EOS per document: +1.4% for 70-token reviews
+    "preset": "short_text",  # one-line texts: the only change to clean's filters and the gates' bounds
 }
 
 
@@ -106,7 +105,7 @@ def test_every_stage_runs_on_the_reviews_with_their_two_inferred_labels(own_proj
     ingest = read(own_project, "metrics/ingest.json")
     assert ingest["task_train_per_class"] == {"negative": 8, "positive": 8}
     assert ingest["task"]["validation"] == ingest["task"]["test"] == 20  # eval_per_class 10 x 2 classes
-    assert ingest["corpus_documents"] == 200 and ingest["task_splits_given"] == []
+    assert ingest["corpus_documents"] == CORPUS and ingest["task_splits_given"] == []
     task = load_from_disk(str(own_project / "data/1_ingest/task"))
     assert task["train"].features["label"].names == ["negative", "positive"]
     held_out = set(task["validation"]["text"]) | set(task["test"]["text"])
@@ -122,6 +121,17 @@ def test_every_stage_runs_on_the_reviews_with_their_two_inferred_labels(own_proj
     for name in runs:
         lines = (own_project / f"models/7_finetune/{name}/predictions.jsonl").read_text().splitlines()
         assert len(lines) == len(tokenized["validation"]) + len(tokenized["test"]), name
+
+
+def test_the_short_text_preset_is_the_one_change_and_clean_keeps_most_of_the_one_line_reviews(own_project):
+    params = yaml.safe_load((own_project / "params.yaml").read_text())
+    bundled = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params["preset"] == "short_text"
+    assert params["clean"] == bundled["clean"] and params["gate"] == bundled["gate"]  # no threshold edited
+    clean = read(own_project, "metrics/clean.json")
+    assert clean["documents_in"] == CORPUS and clean["documents_out"] >= 0.9 * CORPUS, clean["drops"]
+    meta = read(own_project, "data/2_clean/meta.json")["params"]
+    assert meta["gopher_quality"]["min_doc_words"] == 1 and meta["fineweb"]["enabled"] is False  # short_text's
 
 
 def test_without_a_parallel_corpus_apertium_still_paraphrases_the_reviews(own_project):

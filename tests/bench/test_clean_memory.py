@@ -4,7 +4,7 @@ import json
 import sys
 
 from stages.clean import CleanParams, pipelines
-from stages.common import load_params
+from stages.presets import load_params
 from tests.conftest import ROOT, run
 
 

@@ -28,9 +28,9 @@ from stages.clean import (
     steps,
 )
 from stages.clean_steps import normalize_whitespace, strip_markup
-from stages.common import load_params
 from stages.ingest import read_raw
-from tests.conftest import tiny_params
+from stages.presets import load_params
+from tests.conftest import tiny_params, write_params
 
 ROOT = Path(__file__).resolve().parents[2]
 P = load_params("clean", CleanParams, ROOT / "params.yaml")
@@ -216,8 +216,7 @@ def test_a_corpus_emptied_by_cleaning_fails_clearly_and_keeps_the_previous_outpu
     Dataset.from_list([{"id": str(i), "text": t} for i, t in enumerate(docs)]).save_to_disk(tmp_path / IN)
     run(P, tmp_path / IN, tmp_path / OUT, tmp_path / METRICS)  # the previous, successful run keeps ENGLISH
     before = {f: f.read_bytes() for f in [*(tmp_path / OUT).rglob("*"), tmp_path / METRICS] if f.is_file()}
-    params = tiny_params({"clean.gopher_quality.max_doc_words": 40})  # ENGLISH has 61 words: now all are dropped
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(tmp_path, tiny_params({"clean.gopher_quality.max_doc_words": 40}))  # ENGLISH's 61 words: all dropped
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "stages.clean"], cwd=tmp_path, env=env, capture_output=True,
@@ -246,11 +245,10 @@ def test_a_mistyped_or_unknown_clean_key_fails_naming_it(tmp_path):
     from stages.common import ParamsError
 
     params = tiny_params()
-    params["clean"]["gopher_quality"]["min_doc_word"] = params["clean"]["gopher_quality"].pop("min_doc_words")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params["clean"]["gopher_quality"] = {"min_doc_word": 20}  # laid over the preset's gopher_quality: a typo
+    write_params(tmp_path, params)
     with pytest.raises(ParamsError, match=r"clean\.gopher_quality: unknown key\(s\) min_doc_word"):
         load_params("clean", CleanParams, tmp_path / "params.yaml")
-    params = tiny_params({"clean.executor": "kubernetes"})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(tmp_path, tiny_params({"clean.executor": "kubernetes"}))
     with pytest.raises(ParamsError, match="executor: one of local, slurm, ray"):
         load_params("clean", CleanParams, tmp_path / "params.yaml")

@@ -14,7 +14,7 @@ from datasets import Dataset, load_from_disk
 from transformers import AutoTokenizer
 
 from stages import clean, gate, ingest, suites, tokenize
-from stages.common import load_params
+from stages.presets import load_params
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / "params.yaml"

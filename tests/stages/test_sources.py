@@ -14,8 +14,9 @@ from datasets import load_from_disk
 
 from specialist.scoring import Bootstrap
 from stages import augment, ingest, translate
-from stages.common import ParamsError, from_dict, load_params
+from stages.common import ParamsError, from_dict
 from stages.evaluate import claim_lines, claim_results
+from stages.presets import load_params
 from stages.sources import Source, expand, label_names, rows, split_rows
 
 ROOT = Path(__file__).resolve().parents[2]
